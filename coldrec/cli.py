@@ -112,7 +112,51 @@ def synth(
 
 # @command:prepare (replaced by the prepare command)
 
-# @command:stats (replaced by the stats command)
+@app.command()
+def stats(
+    samples: Annotated[Path, typer.Option(help="Output directory of `coldrec prepare` (train.parquet, valid.parquet, ...).")],
+    users: InputPath,
+    items: InputPath,
+    out: OutDir,
+    windows: Annotated[str, typer.Option(help="Comma-separated window lengths in days.")] = "1,7,30",
+    user_category_columns: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated String columns of --users for an item's audience mix (default: all; '' for none)."),
+    ] = None,
+    item_category_columns: Annotated[
+        Optional[str],
+        typer.Option(help="Comma-separated String columns of --items for a user's category mix (default: all; '' for none)."),
+    ] = None,
+    max_category_values: Annotated[
+        int, typer.Option(help="Most frequent values per category column that get a share column; the rest are __other__.")
+    ] = 20,
+    prior_strength: Annotated[
+        float, typer.Option(help="Smoothed CTR = (clicks + a*global_ctr) / (exposures + a); this is a.")
+    ] = 10.0,
+) -> None:
+    """Compute point-in-time user and item preference statistics from labelled samples.
+
+    History is train + valid + test_warm (never test_cold_*). The row for (entity, day d) uses
+    only samples before day d; an entity's first active day has no row. Writes
+    user_stats.parquet, item_stats.parquet, user_stats_latest.parquet,
+    item_stats_latest.parquet and manifest.json into --out.
+
+    Example: coldrec stats --samples prep/ --users data/users.parquet --items data/items.parquet --out stats/
+    """
+    from coldrec.stats import run_stats
+
+    result = run_stats(
+        samples,
+        users,
+        items,
+        out,
+        windows=windows,
+        user_category_columns=user_category_columns,
+        item_category_columns=item_category_columns,
+        prior_strength=prior_strength,
+        max_category_values=max_category_values,
+    )
+    _report("stats", result)
 
 # @command:train (replaced by the train command)
 

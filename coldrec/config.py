@@ -1,0 +1,336 @@
+"""The training configuration: nested dataclasses loaded from TOML.
+
+Precedence is defaults < config file < CLI flags. Unknown keys are rejected (with the
+closest known key suggested), never ignored: a typo in a cron job's config must not silently
+train another model. `TrainConfig.to_toml()` writes the config as used next to the weights.
+
+    [features]  what the tables turn into (roles, vocabularies, normalisers)
+    [model]     tower architecture and input dropout
+    [loss]      which losses, their weights and options (coldrec.losses.LossConfig)
+    [training]  optimiser, schedule, epochs, early stopping, seed, device
+
+A later `coldrec pipeline` can reuse the same sections: `load_config_dict` validates any
+subset of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+from coldrec.errors import ConfigError, InputNotFound
+
+ROLES = ("categorical", "multi_hot", "numeric", "vector", "text", "ignore")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
+NORMALISATIONS = ("layernorm", "batchnorm", "none")
+SCHEDULES = ("cosine", "constant")
+OBJECTIVES = ("twotower", "dropoutnet")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class FeaturesConfig:
+    """How content tables, ids and statistics become model inputs."""
+
+    id_min_count: int = 1  # ids with fewer train samples have no id embedding (cold slot)
+    vocab_min_count: int = 2  # categorical/multi-hot values rarer than this share the OOV slot
+    max_bag_size: int = 32  # multi-hot lists and text token bags are truncated to this many
+    text_buckets: int = 4096  # hash buckets of a `text` column's token bag
+    log1p_columns: list[str] = field(default_factory=list)  # numeric content columns to log1p
+    stats_log1p: bool = True  # log1p every non-negative stats column before standardising
+    # Role overrides by column name ("title") or qualified ("items.title"):
+    # categorical | multi_hot | numeric | vector | text | ignore.
+    roles: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _positive(self, "id_min_count", "vocab_min_count", "max_bag_size", "text_buckets", section="features")
+        for column, role in self.roles.items():
+            if role not in ROLES:
+                raise ConfigError(
+                    f"features.roles: column '{column}' has unknown role '{role}'",
+                    hint=f"use one of {', '.join(ROLES)}",
+                )
+
+
+@dataclass
+class ModelConfig:
+    """Two towers: content encoder ⊕ preference encoder -> MLP -> L2-normalised vector."""
+
+    dim: int = 64  # output embedding size
+    hidden: list[int] = field(default_factory=lambda: [256, 128])  # MLP hidden widths
+    activation: str = "relu"
+    normalisation: str = "layernorm"  # after each hidden layer
+    embedding_dim: int = 32  # per content feature (categorical, bags, numeric, vectors)
+    id_dim: int = 32  # id embedding size (ignored with objective = "dropoutnet")
+    content_skip: bool = True  # additive content branch: linear(content) added to the MLP output
+    mlp_dropout: float = 0.0  # ordinary dropout between MLP layers
+    user_dropout_rate: float = 0.5  # P(user's whole preference block is zeroed), per sample
+    item_dropout_rate: float = 0.5  # P(item's whole preference block is zeroed), per sample
+
+    def validate(self) -> None:
+        _positive(self, "dim", "embedding_dim", "id_dim", section="model")
+        if any(width <= 0 for width in self.hidden):
+            raise ConfigError(f"model.hidden must hold positive widths, got {self.hidden}", hint="e.g. hidden = [256, 128]")
+        _choice(self, "activation", ACTIVATIONS, "model")
+        _choice(self, "normalisation", NORMALISATIONS, "model")
+        for name in ("user_dropout_rate", "item_dropout_rate", "mlp_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {value}", hint="e.g. 0.5")
+
+
+@dataclass
+class LossSection:
+    """Mirrors coldrec.losses.LossConfig; validated by it."""
+
+    pointwise_weight: float = 1.0
+    pairwise_weight: float = 0.0
+    softmax_weight: float = 1.0
+    softmax: str = "inbatch"  # "inbatch" (all in-batch items, log-Q) | "svsoftmax" (roll negatives)
+    log_q_correction: bool = True
+    num_negatives: int = 8
+    margin: float = 0.1
+    sv_t: float = 1.2
+    scale: float = 20.0
+
+    def validate(self) -> None:
+        if self.softmax not in ("inbatch", "svsoftmax"):
+            raise ConfigError(f"loss.softmax must be inbatch or svsoftmax, got '{self.softmax}'", hint=_suggest(self.softmax, ("inbatch", "svsoftmax")))
+        self.to_loss_config()  # LossConfig checks the combinations
+
+    def to_loss_config(self):  # -> coldrec.losses.LossConfig
+        from coldrec.losses import LossConfig
+
+        return LossConfig(**dataclasses.asdict(self))
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop."""
+
+    objective: str = "twotower"  # "twotower" | "dropoutnet" (MSE to pretrained U·Vᵀ)
+    epochs: int = 10
+    batch_size: int = 1024  # global batch (split across ranks under torchrun)
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    schedule: str = "cosine"  # "cosine" | "constant"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+    recall_k: int = 20  # validation metric Recall@K
+    patience: int = 3  # epochs without improvement before stopping; 0 disables early stopping
+    max_valid_users: int = 20000  # validation users sampled for Recall@K (deterministic)
+    exclude_train_positives: bool = True  # in validation, skip items the user clicked in train
+
+    def validate(self) -> None:
+        _positive(self, "epochs", "batch_size", "recall_k", "max_valid_users", section="training")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"training.lr must be a positive number, got {self.lr}", hint="e.g. lr = 0.003")
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        _choice(self, "schedule", SCHEDULES, "training")
+        _choice(self, "objective", OBJECTIVES, "training")
+        _choice(self, "device", DEVICES, "training")
+
+
+@dataclass
+class TrainConfig:
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossSection = field(default_factory=LossSection)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> "TrainConfig":
+        self.features.validate()
+        self.model.validate()
+        self.loss.validate()
+        self.training.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
+        return _build(cls, data, source, "")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < the TOML file at `path` < `overrides` ({"training.epochs": 3, ...}).
+
+    Unknown sections or keys raise ConfigError with a close-match suggestion. Overrides whose
+    value is None are skipped (an unset CLI flag).
+    """
+    data: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise InputNotFound("no such config file", path=path, hint="check the --config path")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"not valid TOML ({error})", path=path, hint="fix the syntax") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"'{section}' must be a table", path=source)
+        data[section][key] = value
+    return TrainConfig.from_dict(data, source=source).validate()
+
+
+def load_config_dict(data: dict[str, Any], sections: tuple[str, ...], *, source: str = "config") -> TrainConfig:
+    """Validate only `sections` of `data` (for commands that share some of these keys)."""
+    unknown = [name for name in data if name not in sections]
+    if unknown:
+        raise ConfigError(f"unknown section '{unknown[0]}'", path=source, hint=_suggest(unknown[0], sections))
+    return TrainConfig.from_dict(data, source=source)
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"'{prefix.rstrip('.')}' must be a table", path=source, hint="use [section] headers")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            kind = "section" if not prefix else "key"
+            raise ConfigError(f"unknown {kind} '{prefix}{key}'", path=source, hint=_suggest(key, names, prefix))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, source, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
+    origin = get_origin(hint)
+    bad = ConfigError(f"'{name}' should be {_type_name(hint)}, got {value!r}", path=source, hint="fix the value's type")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin is list:
+        (inner,) = get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, inner, name, source) for v in value]
+    if origin is dict:
+        _, inner = get_args(hint)
+        if not isinstance(value, dict):
+            raise bad
+        return {str(k): _coerce(v, inner, f"{name}.{k}", source) for k, v in value.items()}
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is list:
+        return f"a list of {_type_name(get_args(hint)[0])}"
+    if origin is dict:
+        return "a table"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def _suggest(key: str, names: list[str] | tuple[str, ...], prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{prefix}{close[0]}'?"
+    return f"known: {', '.join(prefix + n for n in names)}"
+
+
+def _positive(obj: Any, *names: str, section: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"{section}.{name} must be positive, got {value}", hint=f"set {section}.{name} >= 1")
+
+
+def _choice(obj: Any, name: str, choices: tuple[str, ...], section: str) -> None:
+    value = getattr(obj, name)
+    if value not in choices:
+        raise ConfigError(
+            f"{section}.{name} must be one of {', '.join(choices)}, got '{value}'",
+            hint=_suggest(str(value), choices),
+        )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """TOML for a dict of sections holding scalars, lists and flat tables (what we write)."""
+    lines: list[str] = []
+    for section, body in data.items():
+        scalars = {k: v for k, v in body.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in body.items() if isinstance(v, dict)}
+        lines.append(f"[{section}]")
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items())
+        for name, table in tables.items():
+            lines.append("")
+            lines.append(f"[{section}.{_toml_key(name)}]")
+            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "_-" for c in key):
+        return key
+    return _toml_string(key)
+
+
+def _toml_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

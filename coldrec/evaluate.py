@@ -1,0 +1,898 @@
+"""Ranking metrics of recommendations against held-out positives, overall and by bucket.
+
+`run_evaluate` reads `recs.parquet` (user_id, rank, item_id, score — written by `coldrec
+recall`) and a truth table of labelled samples (user_id, item_id, label; positives are
+label 1), and optionally the training samples for the popularity / activity breakdowns.
+Everything is computed with polars joins and group-bys, never per row in Python.
+
+Definitions (docs/metrics.md has the full text):
+- evaluated users: users with at least one positive in the truth; a user without recs
+  scores 0 everywhere. Users with recs but no positive are not evaluated.
+- position: the order of `rank` within a user (1 = best); gaps in `rank` are closed.
+  `score` is never read, so ties in score are decided by `rank`.
+- Recall@K = hits in the top K / |positives| (not min(K, |positives|)).
+- NDCG@K: binary relevance, DCG = sum over hits at position p <= K of 1/log2(p+1),
+  ideal DCG over min(K, |positives|) hits.
+- HitRate@K = 1 if at least one hit in the top K.  MRR = 1 / position of the first hit
+  anywhere in the list, 0 if none.
+- Coverage@K = distinct catalogue items recommended in any top K / catalogue size, the
+  catalogue being the distinct items of train and truth (all rows, any label).
+- Cold share@K = share of top-K slots holding an item that never appears in train.
+- Item buckets (by train positive count): head / mid / tail hold equal thirds of the train
+  positives (items sorted by count, ties in the same bucket); new = not in train.
+- User buckets (by train positive count): new (0), light / medium / heavy split at the
+  1/3 and 2/3 quantiles over train users with at least one positive.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from coldrec import log
+from coldrec.errors import BadValues, DuplicateIds, EmptyInput, InputNotFound, NullValues, UsageError
+from coldrec.io import atomic_file, output_lock, scan_parquet, write_json_atomic
+from coldrec.schema import RECS, Column, Kind, TableContract, check_id_types_match, check_schema
+
+DEFAULT_KS: tuple[int, ...] = (20, 100)
+MAX_K = 100_000
+CURVE_MAX_K = 1000  # the recall@k curve stops here (or at the longest list)
+POPULARITY_CUTS = (1 / 3, 2 / 3)  # cumulative share of train positives: head | mid | tail
+ACTIVITY_QUANTILES = (1 / 3, 2 / 3)  # train positives per user: light | medium | heavy
+ITEM_BUCKETS = ("head", "mid", "tail", "new")
+USER_BUCKETS = ("new", "light", "medium", "heavy")
+
+LABELLED = TableContract(
+    "samples",
+    (
+        Column("user_id", Kind.ID),
+        Column("item_id", Kind.ID),
+        Column("label", Kind.LABEL, description="1 = positive"),
+    ),
+    description="labelled samples (truth or train) as written by `coldrec prepare`",
+)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def parse_ks(ks: str | Sequence[int]) -> tuple[int, ...]:
+    """'20,100' or [20, 100] -> (20, 100), sorted and deduplicated; UsageError if bad."""
+    if isinstance(ks, str):
+        parts = [part.strip() for part in ks.split(",")]
+        values: list[int] = []
+        for part in parts:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise UsageError(
+                    f"--k: cannot read '{part}' as an integer (got '{ks}')",
+                    hint="pass positive integers separated by commas, e.g. --k 20,100",
+                ) from None
+    else:
+        values = [int(value) for value in ks]
+    if not values:
+        raise UsageError("--k: no cut-off given", hint="pass e.g. --k 20,100")
+    bad = [value for value in values if value <= 0 or value > MAX_K]
+    if bad:
+        raise UsageError(
+            f"--k: cut-offs must be between 1 and {MAX_K}, got {bad[0]}",
+            hint="pass positive integers separated by commas, e.g. --k 20,100",
+        )
+    return tuple(sorted(set(values)))
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _normalise_ids(frame: pl.LazyFrame, schema: pl.Schema, columns: Sequence[str]) -> pl.LazyFrame:
+    """Integer ids -> Int64, string-like ids -> String, so joins never fail on width."""
+    casts = []
+    for name in columns:
+        dtype = schema[name]
+        casts.append(pl.col(name).cast(pl.Int64 if dtype.is_integer() else pl.String))
+    return frame.with_columns(casts)
+
+
+def _resolve_train(path: str | Path) -> Path:
+    """A samples file, or a `coldrec prepare` output directory (its train.parquet)."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "train.parquet"
+        if not candidate.exists():
+            raise InputNotFound(
+                "directory has no train.parquet",
+                path=path,
+                hint="pass the train samples file, or a `coldrec prepare` output directory",
+            )
+        return candidate
+    return path
+
+
+def _check_truth_path(path: str | Path) -> None:
+    path = Path(path)
+    if path.is_dir() and (path / "train.parquet").exists():
+        raise UsageError(
+            "--truth is a `coldrec prepare` output directory (it would mix train and test)",
+            path=path,
+            hint="pass one of its test files, e.g. --truth DIR/test.parquet",
+        )
+
+
+def load_recs(path: str | Path) -> pl.DataFrame:
+    """Read and check recs: user_id, item_id, position (Int32, 1 = best).
+
+    Raises on missing columns, nulls, rank < 1, a (user, rank) or (user, item) pair twice.
+    """
+    frame = scan_parquet(path)
+    schema = frame.collect_schema()
+    check_schema(schema, RECS, path)
+    recs = (
+        _normalise_ids(frame.select("user_id", "item_id", "rank"), schema, ["user_id", "item_id"])
+        .with_columns(pl.col("rank").cast(pl.Int64))
+        .collect()
+    )
+    nulls = recs.null_count().row(0, named=True)
+    null_problems = [f"column '{name}' has {count} null value(s)" for name, count in nulls.items() if count]
+    if null_problems:
+        raise NullValues("recs table: " + "; ".join(null_problems), path=path, hint="drop those rows")
+    if recs.height == 0:
+        log.warning(f"{path}: recs table has no rows; every evaluated user scores 0")
+        return recs.select("user_id", "item_id", pl.col("rank").cast(pl.Int32).alias("position"))
+    per_user = recs.group_by("user_id").agg(
+        pl.len().alias("n"),
+        pl.col("rank").n_unique().alias("ranks"),
+        pl.col("item_id").n_unique().alias("items"),
+        pl.col("rank").min().alias("min_rank"),
+        pl.col("rank").max().alias("max_rank"),
+    )
+    check = per_user.select(
+        (pl.col("n") != pl.col("ranks")).sum().alias("dup_rank_users"),
+        (pl.col("n") != pl.col("items")).sum().alias("dup_item_users"),
+        pl.col("min_rank").min().alias("min_rank"),
+        ((pl.col("min_rank") == 1) & (pl.col("max_rank") == pl.col("n"))).all().alias("contiguous"),
+    ).row(0, named=True)
+    if check["min_rank"] < 1:
+        raise BadValues(
+            f"recs table: column 'rank' has values below 1 (min {check['min_rank']})",
+            path=path,
+            column="rank",
+            hint="ranks start at 1 for the best item; add 1 to 0-based ranks",
+        )
+    if check["dup_rank_users"]:
+        raise DuplicateIds(
+            f"recs table: {check['dup_rank_users']} user(s) have the same rank twice",
+            path=path,
+            column="rank",
+            hint="give each of a user's recommendations its own rank (1 = best)",
+        )
+    if check["dup_item_users"]:
+        raise DuplicateIds(
+            f"recs table: {check['dup_item_users']} user(s) are recommended the same item twice",
+            path=path,
+            column="item_id",
+            hint="keep one row per (user_id, item_id), the one with the best rank",
+        )
+    if check["contiguous"]:
+        position = pl.col("rank")
+    else:
+        # Gaps (e.g. recs filtered after recall): the position is the order of rank.
+        position = pl.col("rank").rank("ordinal").over("user_id")
+    return recs.select("user_id", "item_id", position.cast(pl.Int32).alias("position"))
+
+
+def load_samples(path: str | Path, role: str) -> pl.LazyFrame:
+    """user_id, item_id, label (Int8 0/1) of a samples file; other columns are ignored."""
+    frame = scan_parquet(path)
+    schema = frame.collect_schema()
+    check_schema(schema, LABELLED, path)
+    frame = _normalise_ids(frame.select("user_id", "item_id", "label"), schema, ["user_id", "item_id"])
+    stats = frame.select(
+        pl.len().alias("rows"),
+        pl.col("user_id").null_count().alias("user_id"),
+        pl.col("item_id").null_count().alias("item_id"),
+        pl.col("label").null_count().alias("label"),
+        pl.col("label").cast(pl.Int64).min().alias("min_label"),
+        pl.col("label").cast(pl.Int64).max().alias("max_label"),
+    ).collect().row(0, named=True)
+    if stats["rows"] == 0:
+        raise EmptyInput(f"{role} table has no rows", path=path, hint="check the file")
+    nulls = [f"column '{name}' has {stats[name]} null value(s)" for name in ("user_id", "item_id", "label") if stats[name]]
+    if nulls:
+        raise NullValues(f"{role} table: " + "; ".join(nulls), path=path, hint="drop those rows")
+    if stats["min_label"] < 0 or stats["max_label"] > 1:
+        raise BadValues(
+            f"{role} table: label must be 0 or 1, found values in [{stats['min_label']}, {stats['max_label']}]",
+            path=path,
+            column="label",
+            hint="use 1 for positives and 0 for negatives",
+        )
+    return frame.with_columns(pl.col("label").cast(pl.Int8))
+
+
+def _positives(samples: pl.LazyFrame) -> pl.LazyFrame:
+    # A (user, item) clicked twice in the truth is one positive.
+    return samples.filter(pl.col("label") == 1).select("user_id", "item_id").unique()
+
+
+# --------------------------------------------------------------------------- buckets
+
+
+def item_popularity_buckets(train: pl.LazyFrame, cuts: tuple[float, float] = POPULARITY_CUTS) -> pl.DataFrame:
+    """item_id, train_positives, bucket ('head' | 'mid' | 'tail') for every item in train.
+
+    Items are sorted by train positive count (rows with label 1). An item's bucket follows
+    the share of all train positives held by strictly more popular items: below cuts[0] is
+    head, below cuts[1] mid, the rest tail — so head is the smallest set of top items making
+    a third of the positives, and items with equal counts always share a bucket. Items seen
+    in train without a positive are tail.
+    """
+    counts = train.group_by("item_id").agg(pl.col("label").cast(pl.Int64).sum().alias("train_positives")).collect()
+    total = int(counts["train_positives"].sum())
+    mass = (
+        counts.group_by("train_positives")
+        .agg((pl.col("train_positives").sum()).alias("mass"))
+        .sort("train_positives", descending=True)
+        .with_columns((pl.col("mass").cum_sum() - pl.col("mass")).alias("before"))
+    )
+    share = pl.col("before") / total if total else pl.lit(1.0)
+    mass = mass.with_columns(
+        pl.when(share < cuts[0])
+        .then(pl.lit("head"))
+        .when(share < cuts[1])
+        .then(pl.lit("mid"))
+        .otherwise(pl.lit("tail"))
+        .alias("bucket")
+    )
+    return counts.join(mass.select("train_positives", "bucket"), on="train_positives", how="left")
+
+
+@dataclass(frozen=True)
+class ActivityEdges:
+    """Train positive counts: light <= light_max < medium <= medium_max < heavy."""
+
+    light_max: int
+    medium_max: int
+    max: int
+
+
+def user_activity_buckets(
+    train: pl.LazyFrame, quantiles: tuple[float, float] = ACTIVITY_QUANTILES
+) -> tuple[pl.DataFrame, ActivityEdges | None]:
+    """user_id, train_positives, bucket ('light' | 'medium' | 'heavy') for users with a train
+    positive, and the edges (quantiles with the 'lower' rule over those users' counts)."""
+    counts = (
+        train.filter(pl.col("label") == 1)
+        .group_by("user_id")
+        .agg(pl.len().cast(pl.Int64).alias("train_positives"))
+        .collect()
+    )
+    if counts.height == 0:
+        return counts.with_columns(pl.lit("light").alias("bucket")), None
+    column = counts["train_positives"]
+    edges = ActivityEdges(
+        light_max=int(column.quantile(quantiles[0], interpolation="lower")),  # type: ignore[arg-type]
+        medium_max=int(column.quantile(quantiles[1], interpolation="lower")),  # type: ignore[arg-type]
+        max=int(column.max()),  # type: ignore[arg-type]
+    )
+    bucket = (
+        pl.when(pl.col("train_positives") <= edges.light_max)
+        .then(pl.lit("light"))
+        .when(pl.col("train_positives") <= edges.medium_max)
+        .then(pl.lit("medium"))
+        .otherwise(pl.lit("heavy"))
+    )
+    return counts.with_columns(bucket.alias("bucket")), edges
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _idcg(k: int) -> list[float]:
+    """Ideal DCG with m relevant items, for m = 1..k."""
+    return np.cumsum(1.0 / np.log2(np.arange(2, k + 2))).tolist()
+
+
+def per_user_metrics(recs: pl.DataFrame, positives: pl.DataFrame, ks: Sequence[int]) -> pl.DataFrame:
+    """One row per user with a positive: n_pos, has_recs, recall@K, ndcg@K, hit_rate@K, mrr.
+
+    recs: user_id, item_id, position. positives: user_id, item_id (unique pairs).
+    """
+    hits = recs.join(positives, on=["user_id", "item_id"], how="inner")
+    gain = 1.0 / (pl.col("position").cast(pl.Float64) + 1.0).log(2)
+    user_hits = hits.group_by("user_id").agg(
+        pl.col("position").min().alias("first_hit"),
+        *[(pl.col("position") <= k).sum().cast(pl.Int64).alias(f"hits@{k}") for k in ks],
+        *[gain.filter(pl.col("position") <= k).sum().alias(f"dcg@{k}") for k in ks],
+    )
+    rec_users = recs.select("user_id").unique().with_columns(pl.lit(True).alias("has_recs"))
+    users = (
+        positives.group_by("user_id")
+        .agg(pl.len().cast(pl.Int64).alias("n_pos"))
+        .join(user_hits, on="user_id", how="left")
+        .join(rec_users, on="user_id", how="left")
+    )
+    columns: list[pl.Expr] = [pl.col("has_recs").fill_null(False)]
+    for k in ks:
+        hits_k = pl.col(f"hits@{k}").fill_null(0)
+        ideal = pl.min_horizontal(pl.lit(k, pl.Int64), pl.col("n_pos")).replace_strict(
+            list(range(1, k + 1)), _idcg(k), return_dtype=pl.Float64
+        )
+        columns += [
+            (hits_k / pl.col("n_pos")).alias(f"recall@{k}"),
+            (pl.col(f"dcg@{k}").fill_null(0.0) / ideal).alias(f"ndcg@{k}"),
+            (hits_k > 0).cast(pl.Float64).alias(f"hit_rate@{k}"),
+        ]
+    columns.append((1.0 / pl.col("first_hit").cast(pl.Float64)).fill_null(0.0).alias("mrr"))
+    return users.with_columns(columns)
+
+
+def _metric_names(ks: Sequence[int]) -> list[str]:
+    names = [f"{metric}@{k}" for metric in ("recall", "ndcg", "hit_rate") for k in ks]
+    return names + ["mrr"]
+
+
+def recall_curve(recs: pl.DataFrame, positives: pl.DataFrame, n_users: int, max_k: int) -> tuple[list[int], list[float]]:
+    """Mean Recall@k over evaluated users for k = 1..max_k (one pass, cumulative)."""
+    if n_users == 0 or max_k == 0:
+        return [], []
+    n_pos = positives.group_by("user_id").agg(pl.len().alias("n_pos"))
+    contributions = (
+        recs.filter(pl.col("position") <= max_k)
+        .join(positives, on=["user_id", "item_id"], how="inner")
+        .join(n_pos, on="user_id")
+        .group_by("position")
+        .agg((1.0 / pl.col("n_pos")).sum().alias("mass"))
+    )
+    mass = np.zeros(max_k, dtype=np.float64)
+    if contributions.height:
+        mass[contributions["position"].to_numpy() - 1] = contributions["mass"].to_numpy()
+    curve = np.cumsum(mass) / n_users
+    return list(range(1, max_k + 1)), [float(v) for v in curve]
+
+
+def _mean_row(frame: pl.DataFrame, names: Sequence[str]) -> dict[str, float | None]:
+    if frame.height == 0:
+        return {name: None for name in names}
+    row = frame.select([pl.col(name).mean() for name in names]).row(0, named=True)
+    return {name: float(value) if value is not None else None for name, value in row.items()}
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class EvaluateResult:
+    """Metrics of one recs file against one truth file (see the module docstring)."""
+
+    recs_path: str
+    truth_path: str
+    train_path: str | None
+    ks: tuple[int, ...]
+    users_evaluated: int
+    users_without_recs: int
+    rec_users_without_positives: int
+    positives: int
+    catalogue_items: int
+    overall: dict[str, float | None]
+    item_buckets: list[dict[str, Any]] | None = None
+    user_buckets: list[dict[str, Any]] | None = None
+    activity_edges: dict[str, int] | None = None
+    curve_k: list[int] = field(default_factory=list)
+    curve_recall: list[float] = field(default_factory=list)
+    report_path: str | None = None
+    out_path: str | None = None
+
+    def summary(self) -> str:
+        k = self.ks[0]
+        parts = [
+            f"evaluated {self.users_evaluated:,} users ({self.users_without_recs:,} without recs)",
+            f"recall@{k} {_fmt(self.overall.get(f'recall@{k}'))}",
+            f"ndcg@{k} {_fmt(self.overall.get(f'ndcg@{k}'))}",
+            f"mrr {_fmt(self.overall.get('mrr'))}",
+        ]
+        text = ", ".join(parts)
+        written = [p for p in (self.report_path, self.out_path) if p]
+        if written:
+            text += " -> " + ", ".join(written)
+        return text
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "users_evaluated": self.users_evaluated,
+            "users_without_recs": self.users_without_recs,
+            "positives": self.positives,
+            **{name: value for name, value in self.overall.items()},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recs": self.recs_path,
+            "truth": self.truth_path,
+            "train": self.train_path,
+            "ks": list(self.ks),
+            "users": {
+                "evaluated": self.users_evaluated,
+                "without_recs": self.users_without_recs,
+                "recs_without_positives": self.rec_users_without_positives,
+            },
+            "positives": self.positives,
+            "catalogue_items": self.catalogue_items,
+            "overall": self.overall,
+            "item_buckets": self.item_buckets,
+            "user_buckets": self.user_buckets,
+            "activity_edges": self.activity_edges,
+            "recall_curve": {"k": self.curve_k, "recall": self.curve_recall},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(_finite(self.to_dict()), indent=2)
+
+    def to_markdown(self) -> str:
+        return render_markdown(self)
+
+    def to_html(self) -> str:
+        return render_html(self)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+# --------------------------------------------------------------------------- run
+
+
+def evaluate_frames(
+    recs: pl.DataFrame,
+    truth: pl.LazyFrame,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    train: pl.LazyFrame | None = None,
+) -> dict[str, Any]:
+    """The metrics as plain data from checked inputs (recs: user_id, item_id, position)."""
+    ks = tuple(ks)
+    positives = _positives(truth).collect()
+    users = per_user_metrics(recs, positives, ks)
+    names = _metric_names(ks)
+    overall = _mean_row(users, names)
+    n_users = users.height
+
+    truth_items = truth.select("item_id").unique().collect()
+    train_items = train.select("item_id").unique().collect() if train is not None else None
+    catalogue = truth_items if train_items is None else pl.concat([truth_items, train_items]).unique()
+    max_k = ks[-1]
+    top = recs.filter(pl.col("position") <= max_k)
+    rec_items = top.group_by("item_id").agg([(pl.col("position") <= k).sum().alias(f"slots@{k}") for k in ks])
+    in_catalogue = rec_items.join(catalogue, on="item_id", how="semi")
+    for k in ks:
+        covered = int((in_catalogue[f"slots@{k}"] > 0).sum())
+        overall[f"coverage@{k}"] = covered / catalogue.height if catalogue.height else None
+    if train_items is not None:
+        cold = rec_items.join(train_items, on="item_id", how="anti")
+        for k in ks:
+            slots = int(rec_items[f"slots@{k}"].sum())
+            overall[f"cold_share@{k}"] = int(cold[f"slots@{k}"].sum()) / slots if slots else None
+    else:
+        for k in ks:
+            overall[f"cold_share@{k}"] = None
+
+    longest = int(recs["position"].max()) if recs.height else 0  # type: ignore[arg-type]
+    curve_k, curve_recall = recall_curve(recs, positives, n_users, min(max(longest, max_k), CURVE_MAX_K))
+
+    result: dict[str, Any] = {
+        "ks": ks,
+        "users_evaluated": n_users,
+        "users_without_recs": int((~users["has_recs"]).sum()) if n_users else 0,
+        "rec_users_without_positives": recs.select("user_id").unique().join(users.select("user_id"), on="user_id", how="anti").height,
+        "positives": positives.height,
+        "catalogue_items": catalogue.height,
+        "overall": overall,
+        "curve_k": curve_k,
+        "curve_recall": curve_recall,
+    }
+    if train is not None:
+        result["item_buckets"] = _item_bucket_rows(recs, positives, train, ks, top)
+        user_rows, edges = _user_bucket_rows(users, train, ks)
+        result["user_buckets"] = user_rows
+        result["activity_edges"] = None if edges is None else {
+            "light_max": edges.light_max,
+            "medium_max": edges.medium_max,
+            "max": edges.max,
+        }
+    return result
+
+
+def _item_bucket_rows(
+    recs: pl.DataFrame, positives: pl.DataFrame, train: pl.LazyFrame, ks: Sequence[int], top: pl.DataFrame
+) -> list[dict[str, Any]]:
+    buckets = item_popularity_buckets(train)
+    bucket_of = buckets.select("item_id", "bucket")
+    total_train = int(buckets["train_positives"].sum())
+    labelled = positives.join(bucket_of, on="item_id", how="left").with_columns(pl.col("bucket").fill_null("new"))
+    hits = recs.join(labelled, on=["user_id", "item_id"], how="inner")
+    per_pair = (
+        labelled.group_by("user_id", "bucket")
+        .agg(pl.len().alias("n_pos"))
+        .join(
+            hits.group_by("user_id", "bucket").agg([(pl.col("position") <= k).sum().alias(f"hits@{k}") for k in ks]),
+            on=["user_id", "bucket"],
+            how="left",
+        )
+        .with_columns([(pl.col(f"hits@{k}").fill_null(0) / pl.col("n_pos")).alias(f"recall@{k}") for k in ks])
+    )
+    by_bucket = per_pair.group_by("bucket").agg(
+        pl.len().alias("users"),
+        pl.col("n_pos").sum().alias("positives"),
+        *[pl.col(f"recall@{k}").mean() for k in ks],
+    )
+    slots = (
+        top.join(bucket_of, on="item_id", how="left")
+        .with_columns(pl.col("bucket").fill_null("new"))
+        .group_by("bucket")
+        .agg([(pl.col("position") <= k).sum().alias(f"slots@{k}") for k in ks])
+    )
+    slot_totals = {k: int(slots[f"slots@{k}"].sum()) for k in ks}
+    train_stats = buckets.group_by("bucket").agg(pl.len().alias("items"), pl.col("train_positives").sum().alias("mass"))
+    stats = {row["bucket"]: row for row in by_bucket.iter_rows(named=True)}
+    slot_rows = {row["bucket"]: row for row in slots.iter_rows(named=True)}
+    train_rows = {row["bucket"]: row for row in train_stats.iter_rows(named=True)}
+    rows = []
+    for name in ITEM_BUCKETS:  # at most four rows: plain Python is fine here
+        stat = stats.get(name, {})
+        train_row = train_rows.get(name)
+        row: dict[str, Any] = {
+            "bucket": name,
+            "train_items": int(train_row["items"]) if train_row else 0,
+            "train_positive_share": (int(train_row["mass"]) / total_train if train_row and total_train else 0.0),
+            "positives": int(stat.get("positives") or 0),
+            "users": int(stat.get("users") or 0),
+        }
+        for k in ks:
+            value = stat.get(f"recall@{k}")
+            row[f"recall@{k}"] = float(value) if value is not None else None
+        for k in ks:
+            slot = slot_rows.get(name, {}).get(f"slots@{k}", 0)
+            row[f"rec_share@{k}"] = slot / slot_totals[k] if slot_totals[k] else None
+        rows.append(row)
+    return rows
+
+
+def _user_bucket_rows(
+    users: pl.DataFrame, train: pl.LazyFrame, ks: Sequence[int]
+) -> tuple[list[dict[str, Any]], ActivityEdges | None]:
+    activity, edges = user_activity_buckets(train)
+    labelled = users.join(activity, on="user_id", how="left").with_columns(
+        pl.col("bucket").fill_null("new"), pl.col("train_positives").fill_null(0)
+    )
+    names = _metric_names(ks)
+    grouped = {
+        row["bucket"]: row
+        for row in labelled.group_by("bucket")
+        .agg(pl.len().alias("users"), *[pl.col(name).mean() for name in names])
+        .iter_rows(named=True)
+    }
+    ranges = {"new": "0"}
+    if edges is not None:
+        ranges["light"] = f"1–{edges.light_max}"
+        ranges["medium"] = f"{edges.light_max + 1}–{edges.medium_max}" if edges.medium_max > edges.light_max else "—"
+        ranges["heavy"] = f"{edges.medium_max + 1}–{edges.max}" if edges.max > edges.medium_max else "—"
+    rows = []
+    for name in USER_BUCKETS:
+        stat = grouped.get(name, {})
+        row: dict[str, Any] = {"bucket": name, "train_positives": ranges.get(name, "—"), "users": int(stat.get("users") or 0)}
+        for metric in names:
+            value = stat.get(metric)
+            row[metric] = float(value) if value is not None else None
+        rows.append(row)
+    return rows, edges
+
+
+def run_evaluate(
+    recs: str | Path,
+    truth: str | Path,
+    *,
+    ks: str | Sequence[int] = DEFAULT_KS,
+    train: str | Path | None = None,
+    report: str | Path | None = None,
+    out: str | Path | None = None,
+) -> EvaluateResult:
+    """Evaluate `recs` against the positives of `truth`; optionally write an HTML report and
+    a metrics JSON file (both atomically). Returns the metrics."""
+    cutoffs = parse_ks(ks)
+    _check_truth_path(truth)
+    recs_frame = load_recs(recs)
+    truth_frame = load_samples(truth, "truth")
+    train_path = _resolve_train(train) if train is not None else None
+    train_frame = load_samples(train_path, "train") if train_path is not None else None
+
+    truth_schema = truth_frame.collect_schema()
+    for column in ("user_id", "item_id"):
+        check_id_types_match(recs_frame.schema[column], truth_schema[column], column, recs, truth)
+        if train_frame is not None:
+            check_id_types_match(
+                train_frame.collect_schema()[column], truth_schema[column], column, train_path, truth  # type: ignore[arg-type]
+            )
+
+    metrics = evaluate_frames(recs_frame, truth_frame, ks=cutoffs, train=train_frame)
+    if metrics["users_evaluated"] == 0:
+        log.warning(f"{truth}: no positives (label 1) in the truth; every metric is empty")
+    result = EvaluateResult(
+        recs_path=str(recs),
+        truth_path=str(truth),
+        train_path=str(train_path) if train_path is not None else None,
+        **metrics,
+    )
+    if report is not None:
+        with output_lock(report, "coldrec evaluate"), atomic_file(report) as temp:
+            temp.write_text(result.to_html(), encoding="utf-8")
+        result.report_path = str(report)
+    if out is not None:
+        with output_lock(out, "coldrec evaluate"):
+            write_json_atomic(_finite(result.to_dict()), out)
+        result.out_path = str(out)
+    return result
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{100 * value:.1f}%"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _overall_rows(result: EvaluateResult) -> tuple[list[str], list[list[str]]]:
+    header = ["metric"] + [f"@{k}" for k in result.ks]
+    o = result.overall
+    rows = [
+        ["Recall"] + [_fmt(o.get(f"recall@{k}")) for k in result.ks],
+        ["NDCG"] + [_fmt(o.get(f"ndcg@{k}")) for k in result.ks],
+        ["HitRate"] + [_fmt(o.get(f"hit_rate@{k}")) for k in result.ks],
+        ["Coverage"] + [_pct(o.get(f"coverage@{k}")) for k in result.ks],
+        ["Cold share"] + [_pct(o.get(f"cold_share@{k}")) for k in result.ks],
+    ]
+    return header, rows
+
+
+def _item_rows(result: EvaluateResult) -> tuple[list[str], list[list[str]]]:
+    ks = result.ks
+    header = ["item bucket", "train items", "train positives", "test positives", "users"]
+    header += [f"Recall@{k}" for k in ks] + [f"rec share@{k}" for k in ks]
+    rows = []
+    for row in result.item_buckets or []:
+        rows.append(
+            [row["bucket"], f"{row['train_items']:,}", _pct(row["train_positive_share"]), f"{row['positives']:,}", f"{row['users']:,}"]
+            + [_fmt(row[f"recall@{k}"]) for k in ks]
+            + [_pct(row[f"rec_share@{k}"]) for k in ks]
+        )
+    return header, rows
+
+
+def _user_rows(result: EvaluateResult) -> tuple[list[str], list[list[str]]]:
+    ks = result.ks
+    header = ["user bucket", "train positives", "users"]
+    header += [f"Recall@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + [f"HitRate@{k}" for k in ks] + ["MRR"]
+    rows = []
+    for row in result.user_buckets or []:
+        rows.append(
+            [row["bucket"], row["train_positives"], f"{row['users']:,}"]
+            + [_fmt(row[f"recall@{k}"]) for k in ks]
+            + [_fmt(row[f"ndcg@{k}"]) for k in ks]
+            + [_fmt(row[f"hit_rate@{k}"]) for k in ks]
+            + [_fmt(row["mrr"])]
+        )
+    return header, rows
+
+
+def _headline(result: EvaluateResult) -> str:
+    return (
+        f"{result.users_evaluated:,} users with positives ({result.users_without_recs:,} without recs, "
+        f"scored 0), {result.positives:,} positives, catalogue {result.catalogue_items:,} items"
+    )
+
+
+def render_markdown(result: EvaluateResult) -> str:
+    """The tables as Markdown (what `coldrec evaluate` prints on stdout)."""
+    parts = [f"## Evaluation: {result.recs_path}", "", _headline(result), ""]
+    parts += [_markdown_table(*_overall_rows(result)), "", f"MRR: {_fmt(result.overall.get('mrr'))}"]
+    if result.item_buckets is not None:
+        parts += ["", "### By item popularity in train", "", _markdown_table(*_item_rows(result))]
+    if result.user_buckets is not None:
+        parts += ["", "### By user activity in train", "", _markdown_table(*_user_rows(result))]
+    return "\n".join(parts) + "\n"
+
+
+# --------------------------------------------------------------------------- HTML report
+
+_PALETTE = ("#3b6ea5", "#e07b39", "#4f9a5c", "#b94a5a", "#7d62a8", "#8c6d46")
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f4f7; }
+.meta { color: #555; font-size: 0.9em; } .plots { display: flex; flex-wrap: wrap; gap: 1.5em; }
+svg text { font-family: inherit; font-size: 12px; fill: #333; }
+code { background: #f2f4f7; padding: 0 0.2em; }
+"""
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    for step in (1, 2, 2.5, 5, 10):
+        top = step * 10**exponent
+        if top >= value:
+            return top
+    return 10 ** (exponent + 1)
+
+
+def _svg_bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[float | None]]) -> str:
+    """Grouped vertical bars: one group per category, one bar per series."""
+    width, height = 520, 300
+    left, right, top, bottom = 55, 15, 35, 55
+    plot_w, plot_h = width - left - right, height - top - bottom
+    values = [v for values_ in series.values() for v in values_ if v is not None]
+    y_max = _nice_max(max(values) if values else 0.0)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    out.append(f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>')
+    for i in range(5):
+        value = y_max * i / 4
+        y = top + plot_h - plot_h * i / 4
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+    group_w = plot_w / max(len(categories), 1)
+    bar_w = group_w * 0.8 / max(len(series), 1)
+    for c, category in enumerate(categories):
+        x0 = left + c * group_w + group_w * 0.1
+        for s, (name, values_) in enumerate(series.items()):
+            value = values_[c]
+            x = x0 + s * bar_w
+            if value is None:
+                out.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4}" text-anchor="middle">–</text>')
+                continue
+            bar_h = plot_h * value / y_max
+            out.append(
+                f'<rect x="{x:.1f}" y="{top + plot_h - bar_h:.1f}" width="{bar_w * 0.92:.1f}" height="{bar_h:.1f}" '
+                f'fill="{_PALETTE[s % len(_PALETTE)]}"><title>{html.escape(name)} {html.escape(category)}: {value:.4f}</title></rect>'
+            )
+        out.append(
+            f'<text x="{x0 + group_w * 0.4:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{html.escape(category)}</text>'
+        )
+    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
+    for s, name in enumerate(series):
+        x = left + s * 110
+        y = height - 14
+        out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{_PALETTE[s % len(_PALETTE)]}"/>')
+        out.append(f'<text x="{x + 16}" y="{y}">{html.escape(name)}</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Sequence[int]) -> str:
+    """Recall@k against k, with dots at the requested cut-offs."""
+    width, height = 520, 300
+    left, right, top, bottom = 55, 20, 35, 45
+    plot_w, plot_h = width - left - right, height - top - bottom
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
+    out.append(f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>')
+    if not xs:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
+        return "\n".join(out)
+    x_max = max(xs)
+    y_max = _nice_max(max(ys) if ys else 0.0)
+
+    def px(x: float) -> float:
+        return left + plot_w * (x - 1) / max(x_max - 1, 1)
+
+    def py(y: float) -> float:
+        return top + plot_h - plot_h * y / y_max
+
+    for i in range(5):
+        value = y_max * i / 4
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(value):.1f}" y2="{py(value):.1f}" stroke="#e3e3e3"/>')
+        out.append(f'<text x="{left - 6}" y="{py(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
+    for x in sorted({1, *[k for k in marks if k <= x_max], x_max}):
+        out.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{x}</text>')
+    # At most ~500 points keep the file small for long lists.
+    step = max(1, len(xs) // 500)
+    points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in list(zip(xs, ys))[::step] + [(xs[-1], ys[-1])])
+    out.append(f'<polyline points="{points}" fill="none" stroke="{_PALETTE[0]}" stroke-width="2"/>')
+    for k in marks:
+        if k <= x_max:
+            y = ys[k - 1]
+            out.append(
+                f'<circle cx="{px(k):.1f}" cy="{py(y):.1f}" r="4" fill="{_PALETTE[1]}"><title>recall@{k}: {y:.4f}</title></circle>'
+            )
+            out.append(f'<text x="{px(k) + 6:.1f}" y="{py(y) - 6:.1f}">{y:.3f}</text>')
+    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">k</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(result: EvaluateResult) -> str:
+    """A self-contained HTML page: inline CSS and SVG, no scripts, no external assets."""
+    ks = result.ks
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>coldrec evaluate</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>coldrec evaluate</h1>",
+        '<p class="meta">recs <code>{}</code> · truth <code>{}</code>{}</p>'.format(
+            html.escape(result.recs_path),
+            html.escape(result.truth_path),
+            f" · train <code>{html.escape(result.train_path)}</code>" if result.train_path else "",
+        ),
+        f"<p>{html.escape(_headline(result))}. MRR {_fmt(result.overall.get('mrr'))}.</p>",
+        "<h2>Overall</h2>",
+        _html_table(*_overall_rows(result)),
+    ]
+    plots = [_svg_line_chart("Recall@k", result.curve_k, result.curve_recall, ks)]
+    if result.item_buckets is not None:
+        parts += ["<h2>By item popularity in train</h2>", _html_table(*_item_rows(result))]
+        categories = [row["bucket"] for row in result.item_buckets]
+        plots.append(
+            _svg_bar_chart(
+                "Recall by item bucket",
+                categories,
+                {f"recall@{k}": [row[f"recall@{k}"] for row in result.item_buckets] for k in ks},
+            )
+        )
+    if result.user_buckets is not None:
+        parts += ["<h2>By user activity in train</h2>", _html_table(*_user_rows(result))]
+        categories = [row["bucket"] for row in result.user_buckets]
+        plots.append(
+            _svg_bar_chart(
+                "Recall by user bucket",
+                categories,
+                {f"recall@{k}": [row[f"recall@{k}"] for row in result.user_buckets] for k in ks},
+            )
+        )
+    parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]
+    parts += [
+        '<p class="meta">Recall@K = hits in the top K / number of positives; NDCG with binary relevance; '
+        "users with positives but no recs count as zeros. Item buckets: head, mid and tail hold equal "
+        "thirds of the train positives; new items never appear in train. Definitions: docs/metrics.md.</p>",
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"

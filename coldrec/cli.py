@@ -108,9 +108,88 @@ def synth(
     _report("synth", run_synth(config, out))
 
 
-# @command:datasets (replaced by the datasets command)
+datasets_app = typer.Typer(
+    help="Convert public datasets to coldrec's log format.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(datasets_app, name="datasets")
 
-# @command:prepare (replaced by the prepare command)
+
+@datasets_app.command("movielens")
+def datasets_movielens(
+    path: Annotated[Path, typer.Argument(help="Folder with ml-100k.inter/.user/.item (RecBole) or u.data/u.user/u.item (GroupLens).")],
+    out: OutDir,
+    click_threshold: Annotated[float, typer.Option("--click-threshold", help="Ratings at or above this are clicks.")] = 4.0,
+) -> None:
+    """Convert MovieLens-100K (RecBole or GroupLens files) to coldrec's log format.
+
+    Every rating becomes an exposure at its timestamp, ratings >= --click-threshold also a
+    click at the same time; users.parquet and items.parquet carry the content (age, gender,
+    occupation, zip prefix; genres, release year, title). The layout is detected.
+
+    Example: coldrec datasets movielens /tmp/rb/recbole/dataset_example/ml-100k --out data/ml100k
+    """
+    from coldrec.datasets import run_movielens
+
+    _report("datasets movielens", run_movielens(path, out, click_threshold=click_threshold))
+
+# --------------------------------------------------------------------------- prepare
+
+
+class OrphanClicks(str, Enum):
+    drop = "drop"
+    keep = "keep"
+
+
+class TsUnit(str, Enum):
+    s = "s"
+    ms = "ms"
+
+
+@app.command()
+def prepare(
+    exposures: InputPath,
+    clicks: InputPath,
+    out: OutDir,
+    attribution_window: Annotated[
+        str, typer.Option(help="A click within this long after an exposure labels it: 45s, 30m, 2h, 1d.")
+    ] = "30m",
+    orphan_clicks: Annotated[
+        OrphanClicks, typer.Option(help="Clicks with no exposure in their window: drop them, or keep them as positives.")
+    ] = OrphanClicks.drop,
+    ts_unit: Annotated[TsUnit, typer.Option(help="Unit of integer ts columns (epoch seconds or milliseconds).")] = TsUnit.s,
+    start: Annotated[Optional[str], typer.Option(help="First day to read, YYYY-MM-DD (inclusive).")] = None,
+    end: Annotated[Optional[str], typer.Option(help="Last day to read, YYYY-MM-DD (inclusive).")] = None,
+    valid_fraction: Annotated[float, typer.Option(help="The last fraction of the time range that is validation, in (0, 1).")] = 0.1,
+    holdout_items: Annotated[float, typer.Option(help="Fraction of items held out for test_cold_item, in [0, 1).")] = 0.0,
+    holdout_users: Annotated[float, typer.Option(help="Fraction of users held out for test_cold_user, in [0, 1).")] = 0.0,
+    seed: Seed = 0,
+) -> None:
+    """Label exposures with clicks and split them into train/valid (+ cold test sets).
+
+    An exposure is positive when a click on the same (user, item) follows it within the
+    attribution window; repeats of a pair within the window collapse into the earliest. The
+    last --valid-fraction of the time range is validation; --holdout-users/--holdout-items
+    move every row of the held-out ids to test_cold_* and add test_warm. See docs/data.md.
+
+    Example: coldrec prepare --exposures data/exposures --clicks data/clicks --out prep/ --holdout-items 0.1
+    """
+    from coldrec.prepare import PrepareConfig, run_prepare
+
+    config = PrepareConfig.from_options(
+        attribution_window=attribution_window,
+        start=start,
+        end=end,
+        orphan_clicks=orphan_clicks.value,
+        ts_unit=ts_unit.value,
+        valid_fraction=valid_fraction,
+        holdout_items=holdout_items,
+        holdout_users=holdout_users,
+        seed=seed,
+    )
+    _report("prepare", run_prepare(exposures, clicks, out, config))
 
 @app.command()
 def stats(
@@ -158,15 +237,218 @@ def stats(
     )
     _report("stats", result)
 
-# @command:train (replaced by the train command)
+class Objective(str, Enum):
+    twotower = "twotower"
+    dropoutnet = "dropoutnet"
 
-# @command:embed (replaced by the embed command)
 
-# @command:index (replaced by the index command)
+class DeviceChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
-# @command:recall (replaced by the recall command)
 
-# @command:evaluate (replaced by the evaluate command)
+@app.command()
+def train(
+    samples: Annotated[Path, typer.Option("--samples", help="Directory written by `coldrec prepare` (train.parquet, valid.parquet).")],
+    users: Annotated[Path, typer.Option("--users", help="Users content table (Parquet, one row per user_id).")],
+    items: Annotated[Path, typer.Option("--items", help="Items content table (Parquet, one row per item_id).")],
+    out: OutDir,
+    stats: Annotated[Optional[Path], typer.Option("--stats", help="Directory written by `coldrec stats` (optional).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (defaults < config < flags).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [training.epochs].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size [training.batch_size].")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [training.lr].")] = None,
+    user_dropout: Annotated[Optional[float], typer.Option("--user-dropout", help="P(zero a user's preference block) [model.user_dropout_rate].")] = None,
+    item_dropout: Annotated[Optional[float], typer.Option("--item-dropout", help="P(zero an item's preference block) [model.item_dropout_rate].")] = None,
+    dim: Annotated[Optional[int], typer.Option("--dim", help="Embedding size [model.dim].")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; the same seed gives the same weights [training.seed].")] = None,
+    device: Annotated[Optional[DeviceChoice], typer.Option("--device", help="auto uses a GPU when present [training.device].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch checkpoint.")] = False,
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="Warm-start from a model directory (known ids keep their rows).")] = None,
+    objective: Annotated[Optional[Objective], typer.Option("--objective", help="twotower (losses of [loss]) or dropoutnet (MSE to pretrained U·Vᵀ).")] = None,
+    user_vectors: Annotated[Optional[Path], typer.Option("--user-vectors", help="Pretrained user vectors (user_id, vector) for --objective dropoutnet.")] = None,
+    item_vectors: Annotated[Optional[Path], typer.Option("--item-vectors", help="Pretrained item vectors (item_id, vector) for --objective dropoutnet.")] = None,
+) -> None:
+    """Train the DropoutNet two-tower model and write a model directory.
+
+    Fits the feature spec on train.parquet, trains with input dropout and the losses of
+    [loss], early-stops on validation Recall@K, and writes weights.safetensors, spec.json,
+    config.toml, metrics.json, train_log.jsonl and manifest.json into --out. Under
+    `torchrun --nproc_per_node N -m coldrec train ...` it trains with DDP.
+
+    Example: coldrec train --samples prep/ --stats stats/ --users users.parquet --items items.parquet --out model/
+    """
+    from coldrec.train import run_train
+
+    overrides = {
+        "training.epochs": epochs,
+        "training.batch_size": batch_size,
+        "training.lr": lr,
+        "training.seed": seed,
+        "training.device": device.value if device else None,
+        "training.objective": objective.value if objective else None,
+        "model.user_dropout_rate": user_dropout,
+        "model.item_dropout_rate": item_dropout,
+        "model.dim": dim,
+    }
+    result = run_train(
+        samples,
+        users,
+        items,
+        out,
+        stats=stats,
+        config=config,
+        overrides=overrides,
+        resume=resume,
+        init_from=init_from,
+        user_vectors=user_vectors,
+        item_vectors=item_vectors,
+    )
+    _report("train", result)
+
+@app.command()
+def embed(
+    model: Annotated[Path, typer.Option("--model", help="Model directory written by `coldrec train`.")],
+    out: OutFile,
+    users: Annotated[Optional[Path], typer.Option(help="Users table (user_id + the content columns the model was trained on).")] = None,
+    items: Annotated[Optional[Path], typer.Option(help="Items table (item_id + the content columns the model was trained on).")] = None,
+    stats: Annotated[Optional[Path], typer.Option(help="Stats directory: known ids use their latest statistics (*_stats_latest.parquet).")] = None,
+    cold: Annotated[bool, typer.Option("--cold", help="Content only: zero every row's preference block (brand-new users or items).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8192,
+) -> None:
+    """Embed users or items with a trained model (content only with --cold).
+
+    Writes one Parquet file: the id column under its input name, `embedding` (float32,
+    L2-normalised) and `cold`; the model's fingerprint is stored in the file's metadata so
+    index and recall can tell models apart. Unknown ids fall back to content automatically.
+
+    Example: coldrec embed --model model/ --items items.parquet --stats stats/ --out item_emb.parquet
+    """
+    from coldrec.embed import run_embed
+
+    _report("embed", run_embed(model=model, out=out, users=users, items=items, stats=stats, cold=cold, batch_size=batch_size))
+
+@app.command()
+def index(
+    out: OutDir,
+    embeddings: Annotated[Optional[Path], typer.Option(help="Item embeddings (from `coldrec embed --items`) to build from.")] = None,
+    add: Annotated[Optional[Path], typer.Option("--add", help="New item embeddings to add to the delta of the existing index at --out.")] = None,
+    trees: Annotated[int, typer.Option(help="Annoy trees: more = better recall, bigger index, slower build.")] = 100,
+    on_disk_build: Annotated[bool, typer.Option("--on-disk-build", help="Build the forest in the output file instead of RAM (huge catalogues).")] = False,
+    fold_delta: Annotated[bool, typer.Option("--fold-delta/--discard-delta", help="On a rebuild, carry delta items missing from --embeddings into the new index.")] = True,
+) -> None:
+    """Build an Annoy item index (angular, memory-mapped), or add new items to its delta.
+
+    The index directory (items.ann, vectors.npy, ids.parquet, manifest.json) is built
+    beside --out and swapped in atomically, so a running recall sees the old or the new one.
+    --add puts freshly embedded items in a small delta searched exactly next to the forest;
+    a later full build folds the delta in.
+
+    Example: coldrec index --embeddings item_emb.parquet --out index/
+    """
+    from coldrec.index import run_index
+
+    _report(
+        "index",
+        run_index(out=out, embeddings=embeddings, add=add, trees=trees, on_disk_build=on_disk_build, fold_delta=fold_delta),
+    )
+
+class RecsFormat(str, Enum):
+    parquet = "parquet"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+@app.command()
+def recall(
+    index: Annotated[Path, typer.Option("--index", help="Index directory written by `coldrec index`.")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output file (written atomically), or - for stdout.")] = None,
+    queries: Annotated[Optional[Path], typer.Option(help="User embeddings (from `coldrec embed --users`).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="Model directory: embed --users on the fly instead of --queries.")] = None,
+    users: Annotated[Optional[Path], typer.Option(help="Users table to embed with --model.")] = None,
+    stats: Annotated[Optional[Path], typer.Option(help="Stats directory for --model (latest user statistics).")] = None,
+    cold: Annotated[bool, typer.Option("--cold", help="With --model: content-only embeddings (brand-new users).")] = False,
+    k: Annotated[int, typer.Option("--k", help="Items per user.")] = 100,
+    exclude: Annotated[Optional[Path], typer.Option(help="Samples file or `prepare` directory: items a user clicked there (label 1) are not recalled.")] = None,
+    search_k: Annotated[Optional[int], typer.Option("--search-k", help="Annoy nodes inspected per query (default: 4 x trees x fetched).")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact/--annoy", help="Force brute force or Annoy (default: exact below a catalogue size where it is faster).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="i/n: only the i-th (0-based) of n disjoint user shards, by a stable hash of user_id.")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Search threads (default: all CPU cores).")] = None,
+    user_id: Annotated[Optional[str], typer.Option("--user-id", help="Answer this one user (to stdout unless --out is a file).")] = None,
+    output_format: Annotated[Optional[RecsFormat], typer.Option("--format", help="parquet, jsonl or csv (default: by --out suffix; jsonl on stdout).")] = None,
+    fresh_quota: Annotated[float, typer.Option("--fresh-quota", help="Share of each user's k reserved for fresh items (0..1).")] = 0.0,
+    fresh_days: Annotated[int, typer.Option("--fresh-days", help="An item is fresh for this many days from its first-seen day.")] = 7,
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Today for --fresh-days, YYYY-MM-DD (default: today, UTC).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 2) when queries and index come from different models.")] = False,
+) -> None:
+    """Top-k items per user from an index, seen items excluded, optionally sharded.
+
+    Writes user_id, rank (1 = best), item_id, score (cosine) as Parquet, or streams JSON
+    lines / CSV with --out -. Searches the main index and its delta and merges them.
+
+    Example: coldrec recall --index index/ --queries user_emb.parquet --exclude prep/ --k 100 --out recs.parquet
+    """
+    import datetime as dt
+
+    from coldrec.errors import UsageError
+    from coldrec.recall import run_recall
+
+    try:
+        as_of_date = dt.date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise UsageError(f"--as-of {as_of!r} is not a date", hint="pass YYYY-MM-DD") from None
+    _report(
+        "recall",
+        run_recall(
+            index=index,
+            out=out,
+            queries=queries,
+            model=model,
+            users=users,
+            stats=stats,
+            cold=cold,
+            k=k,
+            exclude=exclude,
+            search_k=search_k,
+            exact=exact,
+            shard=shard,
+            threads=threads,
+            user_id=user_id,
+            output_format=output_format.value if output_format else None,
+            fresh_quota=fresh_quota,
+            fresh_days=fresh_days,
+            as_of=as_of_date,
+            strict=strict,
+        ),
+    )
+
+@app.command()
+def evaluate(
+    recs: Annotated[Path, typer.Option("--recs", help="Recommendations (user_id, rank, item_id, score) from coldrec recall.")],
+    truth: Annotated[Path, typer.Option("--truth", help="Held-out samples (user_id, item_id, label); positives are label 1.")],
+    k: Annotated[str, typer.Option("--k", help="Cut-offs K, comma-separated.")] = "20,100",
+    train: Annotated[
+        Optional[Path],
+        typer.Option("--train", help="Train samples file or coldrec prepare directory: adds popularity/activity buckets and cold share."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON instead of Markdown.")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Also write a self-contained HTML report here.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the metrics as JSON to this file (atomically).")] = None,
+) -> None:
+    """Score recommendations against held-out positives: Recall, NDCG, HitRate, MRR, coverage.
+
+    Prints a Markdown table on stdout (--json for JSON). With --train, adds breakdowns by item
+    popularity (head/mid/tail/new) and user activity (new/light/medium/heavy) in train, and
+    the share of recommended items that are cold. Definitions: docs/metrics.md.
+
+    Example: coldrec evaluate --recs recs.parquet --truth prep/test_warm.parquet --train prep/ --k 20,100 --report report.html
+    """
+    from coldrec.evaluate import run_evaluate
+
+    result = run_evaluate(recs, truth, ks=k, train=train, report=report, out=out)
+    typer.echo(result.to_json() if json_output else result.to_markdown(), nl=False)
+    _report("evaluate", result)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -10,8 +10,12 @@ vectors is recorded in the file's key-value metadata (`coldrec.model_fingerprint
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -19,7 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from coldrec import io, log
-from coldrec.errors import BadValues, DuplicateIds, MissingColumn, NullValues, WrongDtype
+from coldrec.errors import (
+    BadValues,
+    DuplicateIds,
+    EmptyInput,
+    InputNotFound,
+    MissingColumn,
+    NullValues,
+    UsageError,
+    WrongDtype,
+)
 
 FINGERPRINT_KEY = b"coldrec.model_fingerprint"
 DIM_KEY = b"coldrec.dim"
@@ -266,3 +279,210 @@ def _vectors(column: pl.Series, path: Path) -> np.ndarray:
         log.warning(f"{path}: {int(off.sum())} embedding(s) not unit length; renormalised")
         vectors = np.ascontiguousarray(vectors / norms[:, None], dtype=np.float32)
     return vectors
+
+
+# --------------------------------------------------------------------------- computing embeddings
+
+# Rows encoded and embedded per chunk: bounds memory on huge tables (the model itself
+# batches inside a chunk).
+EMBED_CHUNK_ROWS = 262_144
+
+
+def model_fingerprint(model: Any) -> str:
+    """The identity of a loaded model: its weights' sha256 prefix (as recorded in spec.json)."""
+    explicit = getattr(model, "fingerprint", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    from coldrec.model import SPEC_FILE, WEIGHTS_FILE
+
+    directory = Path(model.directory)
+    try:
+        recorded = json.loads((directory / SPEC_FILE).read_text()).get("weights_sha256")
+    except (OSError, json.JSONDecodeError):
+        recorded = None
+    return recorded or io.content_fingerprint(directory / WEIGHTS_FILE)
+
+
+def _entity_args(users: str | Path | None, items: str | Path | None) -> tuple[str, Path]:
+    if (users is None) == (items is None):
+        raise UsageError(
+            "pass exactly one of --users and --items",
+            hint="coldrec embed --model MODEL --users users.parquet --out user_emb.parquet",
+        )
+    return ("user", Path(users)) if users is not None else ("item", Path(items))  # type: ignore[arg-type]
+
+
+def _latest_stats(stats: str | Path | None, side: str, cold: bool) -> tuple[pl.DataFrame | None, Path | None]:
+    """The `{side}_stats_latest.parquet` table of a stats directory (or a file given directly)."""
+    if stats is None or cold:
+        return None, None
+    stats = Path(stats)
+    if stats.is_dir():
+        from coldrec.stats import ITEM_LATEST_FILE, USER_LATEST_FILE
+
+        path = stats / (USER_LATEST_FILE if side == "user" else ITEM_LATEST_FILE)
+        if not path.exists():
+            raise InputNotFound(
+                f"no {path.name} in the stats directory",
+                path=stats,
+                hint="point --stats at a directory written by `coldrec stats`",
+            )
+    else:
+        path = stats
+    return io.read_parquet(path), path
+
+
+def _content_table(path: Path, id_column: str) -> pl.LazyFrame:
+    from coldrec.schema import check_content_table
+
+    frame = io.scan_parquet(path)
+    check_content_table(frame, id_column, path)
+    return frame
+
+
+def embed_entities(
+    model_dir: str | Path | Any,
+    *,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    stats: str | Path | None = None,
+    cold: bool = False,
+    batch_size: int = 8192,
+    chunk_rows: int = EMBED_CHUNK_ROWS,
+) -> Embeddings:
+    """Embed a users or items table in memory (recall --model uses this).
+
+    `model_dir` is a model directory or an already loaded model. With `cold` every row is
+    embedded from content alone; otherwise known ids use their id embedding and the latest
+    statistics, unknown ids fall back to content (their `cold` flag is true).
+    """
+    side, path = _entity_args(users, items)
+    loaded = _load(model_dir)
+    chunks = list(_embed_chunks(loaded, side, path, stats, cold, batch_size, chunk_rows))
+    id_column = f"{side}_id"
+    if not chunks:
+        raise EmptyInput(f"{side}s table has no rows", path=path, hint="check the file")
+    return Embeddings(
+        ids=pl.concat([c[0] for c in chunks]).rename(id_column),
+        vectors=np.concatenate([c[1] for c in chunks]),
+        cold=np.concatenate([c[2] for c in chunks]),
+        id_column=id_column,
+        model_fingerprint=model_fingerprint(loaded),
+        path=path,
+    )
+
+
+def _load(model_dir: str | Path | Any) -> Any:
+    if isinstance(model_dir, (str, Path)):
+        from coldrec.model import load_model
+
+        return load_model(model_dir)
+    return model_dir
+
+
+def _embed_chunks(
+    loaded: Any, side: str, path: Path, stats: str | Path | None, cold: bool, batch_size: int, chunk_rows: int
+) -> Iterator[tuple[pl.Series, np.ndarray, np.ndarray]]:
+    """(ids, vectors (n, dim), cold (n,)) per chunk of the table, in table order."""
+    id_column = f"{side}_id"
+    frame = _content_table(path, id_column)
+    stats_table, stats_path = _latest_stats(stats, side, cold)
+    rows = frame.select(pl.len()).collect().item()
+    with log.progress(f"embedding {side}s", rows) as bar:
+        for start in range(0, rows, chunk_rows):
+            table = frame.slice(start, chunk_rows).collect()
+            chunk_stats = None
+            if stats_table is not None:
+                if stats_table.schema.get(id_column) == table.schema[id_column]:
+                    chunk_stats = stats_table.join(table.select(id_column), on=id_column, how="semi")
+                else:
+                    chunk_stats = stats_table  # let the model report the id type mismatch
+            vectors, cold_mask = loaded.embed(
+                side, table, stats=chunk_stats, cold=cold, batch_size=batch_size, path=path,
+                stats_path=stats_path or "stats",
+            )
+            vectors = np.asarray(vectors, dtype=np.float32)  # (chunk, dim)
+            if not np.isfinite(vectors).all():
+                raise BadValues(
+                    f"the model produced NaN/inf embeddings for rows {start}..{start + len(table) - 1}",
+                    path=path,
+                    hint="check the content values (huge numbers?) and the model's training metrics",
+                )
+            bar.advance(len(table))
+            yield table[id_column], normalise_rows(vectors), np.asarray(cold_mask, dtype=bool)
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    side: str
+    rows: int
+    cold_rows: int
+    dim: int
+    seconds: float
+
+    def summary(self) -> str:
+        rate = self.rows / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"embed: {self.rows:,} {self.side}s ({self.cold_rows:,} cold), dim {self.dim} -> {self.out} "
+            f"in {self.seconds:.1f}s ({rate:,.0f}/s)"
+        )
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "side": self.side,
+            "rows": self.rows,
+            "cold_rows": self.cold_rows,
+            "dim": self.dim,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_embed(
+    *,
+    model: str | Path,
+    out: str | Path,
+    users: str | Path | None = None,
+    items: str | Path | None = None,
+    stats: str | Path | None = None,
+    cold: bool = False,
+    batch_size: int = 8192,
+    chunk_rows: int = EMBED_CHUNK_ROWS,
+) -> EmbedResult:
+    """The `coldrec embed` command: a users or items table -> an embeddings file, atomically.
+
+    Streams the table in chunks (bounded memory) into one Parquet file carrying the model
+    fingerprint in its metadata. A content column the model needs that is missing or of the
+    wrong type is a SchemaError (nothing written); unseen category values map to the
+    out-of-vocabulary slot.
+    """
+    started = time.monotonic()
+    side, path = _entity_args(users, items)
+    out = Path(out)
+    if io.is_stdout(out):
+        raise UsageError("embed writes Parquet, not stdout", hint="pass --out emb.parquet")
+    if batch_size < 1 or chunk_rows < 1:
+        raise UsageError("batch size and chunk rows must be positive", hint="leave the defaults")
+    loaded = _load(model)
+    fingerprint = model_fingerprint(loaded)
+    rows = cold_rows = 0
+    dim = int(loaded.dim)
+    chunks = _embed_chunks(loaded, side, path, stats, cold, batch_size, chunk_rows)
+    with io.output_lock(out, "coldrec embed"), io.atomic_file(out) as temp:
+        writer = None
+        try:
+            for ids, vectors, cold_mask in chunks:
+                table = embeddings_table(ids, vectors, cold_mask, model_fingerprint=fingerprint)
+                if writer is None:
+                    writer = pq.ParquetWriter(temp, table.schema)
+                    dim = int(vectors.shape[1])
+                writer.write_table(table)
+                rows += len(ids)
+                cold_rows += int(cold_mask.sum())
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise EmptyInput(f"{side}s table has no rows", path=path, hint="check the file")
+    return EmbedResult(out=out, side=side, rows=rows, cold_rows=cold_rows, dim=dim, seconds=time.monotonic() - started)

@@ -123,14 +123,45 @@ def _check_truth_path(path: str | Path) -> None:
         raise UsageError(
             "--truth is a `coldrec prepare` output directory (it would mix train and test)",
             path=path,
-            hint="pass one of its test files, e.g. --truth DIR/test.parquet",
+            hint="pass one of its test files, e.g. --truth DIR/test_warm.parquet",
         )
 
 
-def load_recs(path: str | Path) -> pl.DataFrame:
-    """Read and check recs: user_id, item_id, position (Int32, 1 = best).
+@dataclass
+class Recs:
+    """Checked recommendations. rows: user_id, item_id, position (Int32, 1 = best), grouped
+    by user in rank order; users: user_id, one row per user with recs."""
 
-    Raises on missing columns, nulls, rank < 1, a (user, rank) or (user, item) pair twice.
+    rows: pl.DataFrame
+    users: pl.DataFrame
+
+
+def _list_order(frame: pl.DataFrame) -> tuple[bool, bool]:
+    """(grouped, contiguous) in one linear pass, no hashing of the big table.
+
+    grouped: each user's rows are contiguous with strictly increasing rank.
+    contiguous: moreover every list's ranks are exactly 1, 2, 3, ... (rank is the position).
+    """
+    user, rank = pl.col("user_id"), pl.col("rank")
+    start = _run_start()
+    flags = frame.select(
+        ((user != user.shift()) | (rank > rank.shift())).slice(1).all().alias("within"),
+        pl.when(start).then(rank == 1).otherwise(rank == rank.shift() + 1).all().alias("contiguous"),
+    ).row(0, named=True)
+    within = bool(flags["within"]) if flags["within"] is not None else True
+    grouped = within and bool(frame.filter(start).select(user.is_unique().all()).item())
+    return grouped, grouped and bool(flags["contiguous"])
+
+
+def _run_start() -> pl.Expr:
+    return (pl.col("user_id") != pl.col("user_id").shift()).fill_null(True)
+
+
+def load_recs(path: str | Path) -> Recs:
+    """Read and check recs; raises on missing columns, nulls, rank < 1 or a (user, rank) twice.
+
+    Recall writes each user's list contiguously in rank order; checking that is one linear
+    pass. Any other order is sorted first (slower, same result).
     """
     frame = scan_parquet(path)
     schema = frame.collect_schema()
@@ -146,47 +177,57 @@ def load_recs(path: str | Path) -> pl.DataFrame:
         raise NullValues("recs table: " + "; ".join(null_problems), path=path, hint="drop those rows")
     if recs.height == 0:
         log.warning(f"{path}: recs table has no rows; every evaluated user scores 0")
-        return recs.select("user_id", "item_id", pl.col("rank").cast(pl.Int32).alias("position"))
-    per_user = recs.group_by("user_id").agg(
-        pl.len().alias("n"),
-        pl.col("rank").n_unique().alias("ranks"),
-        pl.col("item_id").n_unique().alias("items"),
-        pl.col("rank").min().alias("min_rank"),
-        pl.col("rank").max().alias("max_rank"),
-    )
-    check = per_user.select(
-        (pl.col("n") != pl.col("ranks")).sum().alias("dup_rank_users"),
-        (pl.col("n") != pl.col("items")).sum().alias("dup_item_users"),
-        pl.col("min_rank").min().alias("min_rank"),
-        ((pl.col("min_rank") == 1) & (pl.col("max_rank") == pl.col("n"))).all().alias("contiguous"),
-    ).row(0, named=True)
-    if check["min_rank"] < 1:
+        empty = recs.select("user_id", "item_id", pl.col("rank").cast(pl.Int32).alias("position"))
+        return Recs(empty, empty.select("user_id"))
+    min_rank = int(recs["rank"].min())  # type: ignore[arg-type]
+    if min_rank < 1:
         raise BadValues(
-            f"recs table: column 'rank' has values below 1 (min {check['min_rank']})",
+            f"recs table: column 'rank' has values below 1 (min {min_rank})",
             path=path,
             column="rank",
             hint="ranks start at 1 for the best item; add 1 to 0-based ranks",
         )
-    if check["dup_rank_users"]:
+    grouped, contiguous = _list_order(recs)
+    if not grouped:
+        recs = recs.sort("user_id", "rank")
+        user, rank = pl.col("user_id"), pl.col("rank")
+        twice = recs.select(((user == user.shift()) & (rank == rank.shift())).sum()).item()
+        if twice:
+            raise DuplicateIds(
+                f"recs table: {twice} row(s) repeat a (user_id, rank) pair",
+                path=path,
+                column="rank",
+                hint="give each of a user's recommendations its own rank (1 = best)",
+            )
+    if contiguous:
+        position = pl.col("rank")
+    else:
+        # position = order within the user's list, so gaps in rank (filtered recs) close up.
+        index = pl.int_range(pl.len(), dtype=pl.Int64)
+        position = index - pl.when(_run_start()).then(index).forward_fill() + 1
+    rows = recs.select("user_id", "item_id", position.cast(pl.Int32).alias("position"))
+    return Recs(rows, rows.filter(pl.col("position") == 1).select("user_id"))
+
+
+def _hits(recs: Recs, positives: pl.DataFrame, path: str | Path | None = None) -> pl.DataFrame:
+    """user_id, item_id, position of every recommended positive.
+
+    A 64-bit hash of (user, item) prefilters the big table (one column instead of a
+    two-column join); the exact join on the survivors removes any hash collision.
+    """
+    key = pl.struct("user_id", "item_id").hash()
+    wanted = positives.select(key.alias("key"))["key"].implode()
+    candidates = recs.rows.filter(key.is_in(wanted))
+    hits = candidates.join(positives, on=["user_id", "item_id"], how="inner")
+    twice = hits.height - hits.select(pl.struct("user_id", "item_id").n_unique()).item() if hits.height else 0
+    if twice:
         raise DuplicateIds(
-            f"recs table: {check['dup_rank_users']} user(s) have the same rank twice",
-            path=path,
-            column="rank",
-            hint="give each of a user's recommendations its own rank (1 = best)",
-        )
-    if check["dup_item_users"]:
-        raise DuplicateIds(
-            f"recs table: {check['dup_item_users']} user(s) are recommended the same item twice",
+            f"recs table: {twice} positive item(s) are recommended twice to the same user",
             path=path,
             column="item_id",
             hint="keep one row per (user_id, item_id), the one with the best rank",
         )
-    if check["contiguous"]:
-        position = pl.col("rank")
-    else:
-        # Gaps (e.g. recs filtered after recall): the position is the order of rank.
-        position = pl.col("rank").rank("ordinal").over("user_id")
-    return recs.select("user_id", "item_id", position.cast(pl.Int32).alias("position"))
+    return hits
 
 
 def load_samples(path: str | Path, role: str) -> pl.LazyFrame:
@@ -301,24 +342,25 @@ def _idcg(k: int) -> list[float]:
     return np.cumsum(1.0 / np.log2(np.arange(2, k + 2))).tolist()
 
 
-def per_user_metrics(recs: pl.DataFrame, positives: pl.DataFrame, ks: Sequence[int]) -> pl.DataFrame:
+def per_user_metrics(
+    hits: pl.DataFrame, positives: pl.DataFrame, rec_users: pl.DataFrame, ks: Sequence[int]
+) -> pl.DataFrame:
     """One row per user with a positive: n_pos, has_recs, recall@K, ndcg@K, hit_rate@K, mrr.
 
-    recs: user_id, item_id, position. positives: user_id, item_id (unique pairs).
+    hits: user_id, item_id, position of recommended positives; positives: unique
+    (user_id, item_id) pairs; rec_users: user_id of every user with recs.
     """
-    hits = recs.join(positives, on=["user_id", "item_id"], how="inner")
     gain = 1.0 / (pl.col("position").cast(pl.Float64) + 1.0).log(2)
     user_hits = hits.group_by("user_id").agg(
         pl.col("position").min().alias("first_hit"),
         *[(pl.col("position") <= k).sum().cast(pl.Int64).alias(f"hits@{k}") for k in ks],
         *[gain.filter(pl.col("position") <= k).sum().alias(f"dcg@{k}") for k in ks],
     )
-    rec_users = recs.select("user_id").unique().with_columns(pl.lit(True).alias("has_recs"))
     users = (
         positives.group_by("user_id")
         .agg(pl.len().cast(pl.Int64).alias("n_pos"))
         .join(user_hits, on="user_id", how="left")
-        .join(rec_users, on="user_id", how="left")
+        .join(rec_users.with_columns(pl.lit(True).alias("has_recs")), on="user_id", how="left")
     )
     columns: list[pl.Expr] = [pl.col("has_recs").fill_null(False)]
     for k in ks:
@@ -340,22 +382,23 @@ def _metric_names(ks: Sequence[int]) -> list[str]:
     return names + ["mrr"]
 
 
-def recall_curve(recs: pl.DataFrame, positives: pl.DataFrame, n_users: int, max_k: int) -> tuple[list[int], list[float]]:
-    """Mean Recall@k over evaluated users for k = 1..max_k (one pass, cumulative)."""
-    if n_users == 0 or max_k == 0:
+def recall_curve(hits: pl.DataFrame, users: pl.DataFrame, max_k: int) -> tuple[list[int], list[float]]:
+    """Mean Recall@k over evaluated users for k = 1..max_k (one pass, cumulative).
+
+    hits: user_id, position; users: user_id, n_pos of every evaluated user.
+    """
+    if users.height == 0 or max_k == 0:
         return [], []
-    n_pos = positives.group_by("user_id").agg(pl.len().alias("n_pos"))
     contributions = (
-        recs.filter(pl.col("position") <= max_k)
-        .join(positives, on=["user_id", "item_id"], how="inner")
-        .join(n_pos, on="user_id")
+        hits.filter(pl.col("position") <= max_k)
+        .join(users.select("user_id", "n_pos"), on="user_id")
         .group_by("position")
         .agg((1.0 / pl.col("n_pos")).sum().alias("mass"))
     )
     mass = np.zeros(max_k, dtype=np.float64)
     if contributions.height:
         mass[contributions["position"].to_numpy() - 1] = contributions["mass"].to_numpy()
-    curve = np.cumsum(mass) / n_users
+    curve = np.cumsum(mass) / users.height
     return list(range(1, max_k + 1)), [float(v) for v in curve]
 
 
@@ -457,17 +500,35 @@ def _finite(value: Any) -> Any:
 # --------------------------------------------------------------------------- run
 
 
+def _item_slots(recs: Recs, ks: Sequence[int]) -> pl.DataFrame:
+    """item_id, slots@K: how many top-K slots hold each recommended item."""
+    slots: pl.DataFrame | None = None
+    for k in ks:
+        counts = (
+            recs.rows.lazy()
+            .select(pl.col("item_id").filter(pl.col("position") <= k))
+            .group_by("item_id")
+            .agg(pl.len().alias(f"slots@{k}"))
+            .collect(engine="streaming")
+        )
+        slots = counts if slots is None else slots.join(counts, on="item_id", how="full", coalesce=True)
+    assert slots is not None
+    return slots.with_columns([pl.col(f"slots@{k}").fill_null(0) for k in ks])
+
+
 def evaluate_frames(
-    recs: pl.DataFrame,
+    recs: Recs,
     truth: pl.LazyFrame,
     *,
     ks: Sequence[int] = DEFAULT_KS,
     train: pl.LazyFrame | None = None,
+    recs_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The metrics as plain data from checked inputs (recs: user_id, item_id, position)."""
+    """The metrics as plain data, from checked inputs (see `load_recs`, `load_samples`)."""
     ks = tuple(ks)
     positives = _positives(truth).collect()
-    users = per_user_metrics(recs, positives, ks)
+    hits = _hits(recs, positives, recs_path)
+    users = per_user_metrics(hits, positives, recs.users, ks)
     names = _metric_names(ks)
     overall = _mean_row(users, names)
     n_users = users.height
@@ -475,30 +536,27 @@ def evaluate_frames(
     truth_items = truth.select("item_id").unique().collect()
     train_items = train.select("item_id").unique().collect() if train is not None else None
     catalogue = truth_items if train_items is None else pl.concat([truth_items, train_items]).unique()
-    max_k = ks[-1]
-    top = recs.filter(pl.col("position") <= max_k)
-    rec_items = top.group_by("item_id").agg([(pl.col("position") <= k).sum().alias(f"slots@{k}") for k in ks])
-    in_catalogue = rec_items.join(catalogue, on="item_id", how="semi")
+    item_slots = _item_slots(recs, ks)
+    in_catalogue = item_slots.join(catalogue, on="item_id", how="semi")
     for k in ks:
         covered = int((in_catalogue[f"slots@{k}"] > 0).sum())
         overall[f"coverage@{k}"] = covered / catalogue.height if catalogue.height else None
+    for k in ks:
+        overall[f"cold_share@{k}"] = None
     if train_items is not None:
-        cold = rec_items.join(train_items, on="item_id", how="anti")
+        cold = item_slots.join(train_items, on="item_id", how="anti")
         for k in ks:
-            slots = int(rec_items[f"slots@{k}"].sum())
+            slots = int(item_slots[f"slots@{k}"].sum())
             overall[f"cold_share@{k}"] = int(cold[f"slots@{k}"].sum()) / slots if slots else None
-    else:
-        for k in ks:
-            overall[f"cold_share@{k}"] = None
 
-    longest = int(recs["position"].max()) if recs.height else 0  # type: ignore[arg-type]
-    curve_k, curve_recall = recall_curve(recs, positives, n_users, min(max(longest, max_k), CURVE_MAX_K))
+    longest = int(recs.rows["position"].max()) if recs.rows.height else 0  # type: ignore[arg-type]
+    curve_k, curve_recall = recall_curve(hits, users, min(max(longest, ks[-1]), CURVE_MAX_K))
 
     result: dict[str, Any] = {
         "ks": ks,
         "users_evaluated": n_users,
         "users_without_recs": int((~users["has_recs"]).sum()) if n_users else 0,
-        "rec_users_without_positives": recs.select("user_id").unique().join(users.select("user_id"), on="user_id", how="anti").height,
+        "rec_users_without_positives": recs.users.join(users.select("user_id"), on="user_id", how="anti").height,
         "positives": positives.height,
         "catalogue_items": catalogue.height,
         "overall": overall,
@@ -506,7 +564,7 @@ def evaluate_frames(
         "curve_recall": curve_recall,
     }
     if train is not None:
-        result["item_buckets"] = _item_bucket_rows(recs, positives, train, ks, top)
+        result["item_buckets"] = _item_bucket_rows(hits, positives, item_slots, train, ks)
         user_rows, edges = _user_bucket_rows(users, train, ks)
         result["user_buckets"] = user_rows
         result["activity_edges"] = None if edges is None else {
@@ -518,18 +576,23 @@ def evaluate_frames(
 
 
 def _item_bucket_rows(
-    recs: pl.DataFrame, positives: pl.DataFrame, train: pl.LazyFrame, ks: Sequence[int], top: pl.DataFrame
+    hits: pl.DataFrame, positives: pl.DataFrame, item_slots: pl.DataFrame, train: pl.LazyFrame, ks: Sequence[int]
 ) -> list[dict[str, Any]]:
     buckets = item_popularity_buckets(train)
     bucket_of = buckets.select("item_id", "bucket")
     total_train = int(buckets["train_positives"].sum())
-    labelled = positives.join(bucket_of, on="item_id", how="left").with_columns(pl.col("bucket").fill_null("new"))
-    hits = recs.join(labelled, on=["user_id", "item_id"], how="inner")
+
+    def with_bucket(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.join(bucket_of, on="item_id", how="left").with_columns(pl.col("bucket").fill_null("new"))
+
     per_pair = (
-        labelled.group_by("user_id", "bucket")
+        with_bucket(positives)
+        .group_by("user_id", "bucket")
         .agg(pl.len().alias("n_pos"))
         .join(
-            hits.group_by("user_id", "bucket").agg([(pl.col("position") <= k).sum().alias(f"hits@{k}") for k in ks]),
+            with_bucket(hits)
+            .group_by("user_id", "bucket")
+            .agg([(pl.col("position") <= k).sum().alias(f"hits@{k}") for k in ks]),
             on=["user_id", "bucket"],
             how="left",
         )
@@ -540,19 +603,14 @@ def _item_bucket_rows(
         pl.col("n_pos").sum().alias("positives"),
         *[pl.col(f"recall@{k}").mean() for k in ks],
     )
-    slots = (
-        top.join(bucket_of, on="item_id", how="left")
-        .with_columns(pl.col("bucket").fill_null("new"))
-        .group_by("bucket")
-        .agg([(pl.col("position") <= k).sum().alias(f"slots@{k}") for k in ks])
-    )
-    slot_totals = {k: int(slots[f"slots@{k}"].sum()) for k in ks}
+    slots = with_bucket(item_slots).group_by("bucket").agg([pl.col(f"slots@{k}").sum() for k in ks])
+    slot_totals = {k: int(item_slots[f"slots@{k}"].sum()) for k in ks}
     train_stats = buckets.group_by("bucket").agg(pl.len().alias("items"), pl.col("train_positives").sum().alias("mass"))
     stats = {row["bucket"]: row for row in by_bucket.iter_rows(named=True)}
     slot_rows = {row["bucket"]: row for row in slots.iter_rows(named=True)}
     train_rows = {row["bucket"]: row for row in train_stats.iter_rows(named=True)}
     rows = []
-    for name in ITEM_BUCKETS:  # at most four rows: plain Python is fine here
+    for name in ITEM_BUCKETS:  # four rows: plain Python is fine here
         stat = stats.get(name, {})
         train_row = train_rows.get(name)
         row: dict[str, Any] = {
@@ -622,13 +680,13 @@ def run_evaluate(
 
     truth_schema = truth_frame.collect_schema()
     for column in ("user_id", "item_id"):
-        check_id_types_match(recs_frame.schema[column], truth_schema[column], column, recs, truth)
+        check_id_types_match(recs_frame.rows.schema[column], truth_schema[column], column, recs, truth)
         if train_frame is not None:
             check_id_types_match(
                 train_frame.collect_schema()[column], truth_schema[column], column, train_path, truth  # type: ignore[arg-type]
             )
 
-    metrics = evaluate_frames(recs_frame, truth_frame, ks=cutoffs, train=train_frame)
+    metrics = evaluate_frames(recs_frame, truth_frame, ks=cutoffs, train=train_frame, recs_path=recs)
     if metrics["users_evaluated"] == 0:
         log.warning(f"{truth}: no positives (label 1) in the truth; every metric is empty")
     result = EvaluateResult(
@@ -788,12 +846,18 @@ def _svg_bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequ
                 f'<rect x="{x:.1f}" y="{top + plot_h - bar_h:.1f}" width="{bar_w * 0.92:.1f}" height="{bar_h:.1f}" '
                 f'fill="{_PALETTE[s % len(_PALETTE)]}"><title>{html.escape(name)} {html.escape(category)}: {value:.4f}</title></rect>'
             )
+            if bar_w >= 26:  # room for the value printed above the bar
+                out.append(
+                    f'<text x="{x + bar_w * 0.46:.1f}" y="{top + plot_h - bar_h - 3:.1f}" text-anchor="middle" '
+                    f'font-size="10">{value:.3f}</text>'
+                )
         out.append(
             f'<text x="{x0 + group_w * 0.4:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{html.escape(category)}</text>'
         )
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
+    legend_step = min(110.0, plot_w / max(len(series), 1))
     for s, name in enumerate(series):
-        x = left + s * 110
+        x = left + s * legend_step
         y = height - 14
         out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{_PALETTE[s % len(_PALETTE)]}"/>')
         out.append(f'<text x="{x + 16}" y="{y}">{html.escape(name)}</text>')

@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,19 @@ MANIFEST_NAME = "manifest.json"
 # --------------------------------------------------------------------------- reading
 
 
-def parquet_files(path: str | Path) -> list[Path]:
+PartitionFilter = Callable[[dict[str, str]], bool]
+
+
+def hive_partition_values(file: Path, root: Path) -> dict[str, str]:
+    """The `key=value` folder names between `root` and `file` (hive partitioning)."""
+    return dict(part.split("=", 1) for part in file.relative_to(root).parts[:-1] if "=" in part)
+
+
+def parquet_files(path: str | Path, partitions: PartitionFilter | None = None) -> list[Path]:
     """The Parquet files behind `path` (a file, or a directory searched recursively).
 
+    `partitions`, given a file's hive values ({"day": "2026-01-03"}), says whether to keep
+    it; files it rejects are never opened, so a date range reads only its own partitions.
     Raises InputNotFound, EmptyInput or NotParquet with the offending path.
     """
     path = Path(path)
@@ -57,6 +67,14 @@ def parquet_files(path: str | Path) -> list[Path]:
                 path=path,
                 hint="point at a Parquet file or a directory of them (hive partitions welcome)",
             )
+        if partitions is not None:
+            files = [f for f in files if partitions(hive_partition_values(f, path))]
+            if not files:
+                raise EmptyInput(
+                    "no partition folder lies in the requested range",
+                    path=path,
+                    hint="check --start/--end against the day=YYYY-MM-DD folders",
+                )
     else:
         files = [path]
     for file in files:
@@ -97,10 +115,13 @@ def _check_parquet_file(file: Path) -> None:
         )
 
 
-def scan_parquet(path: str | Path) -> pl.LazyFrame:
-    """A lazy scan of a Parquet file or directory (hive partitions become columns)."""
+def scan_parquet(path: str | Path, partitions: PartitionFilter | None = None) -> pl.LazyFrame:
+    """A lazy scan of a Parquet file or directory (hive partitions become columns).
+
+    `partitions` skips hive partitions without opening them (see `parquet_files`).
+    """
     path = Path(path)
-    files = parquet_files(path)
+    files = parquet_files(path, partitions)
     try:
         if path.is_dir():
             frame = pl.scan_parquet(

@@ -15,9 +15,15 @@ inside the training loop (TensorFlow Recommenders' Retrieval task does the same)
 `dropoutnet_mse` is the objective of the original DropoutNet (Volkovs et al. 2017).
 
 Inputs are L2-normalised tower outputs, so a dot product is the cosine. Every loss is
-computed in float32 (float64 if the inputs are) whatever the input dtype, with logsumexp, and never produces NaN on
-finite input: a masked-out negative is -inf inside a logsumexp that always holds the
-positive, so an anchor left with no valid negative contributes log(1) = 0.
+computed in float32 (float64 if the inputs are) whatever the input dtype, with logsumexp,
+and never produces NaN on finite input: a masked-out negative gets a logit whose exp() is
+exactly 0, inside a logsumexp that always holds the positive, so an anchor left with no
+valid negative contributes log(1) = 0 (and a zero gradient).
+
+Means: the pointwise loss is sum(weight * loss) / batch, the softmax losses are
+sum(weight * loss) / anchors (the positive rows), the pairwise loss is the plain mean over
+ordered pairs. A loss with nothing to average (no positive row, no ordered pair) is 0 and
+still part of the autograd graph, so backward() and DDP see every parameter.
 """
 
 from __future__ import annotations
@@ -348,17 +354,15 @@ def pairwise_loss(logit: Tensor, label: Tensor) -> Tensor:
     """
     binary = bool(((label == 0) | (label == 1)).all())
     if binary:
-        positive = logit[label > 0]  # (P,)
-        negative = logit[label <= 0]  # (N,)
+        positive = logit.index_select(0, torch.nonzero(label > 0).squeeze(1))  # (P,)
+        negative = logit.index_select(0, torch.nonzero(label <= 0).squeeze(1))  # (N,)
         if positive.numel() == 0 or negative.numel() == 0:
             return _zero_like_graph(logit)
-        diff = positive[:, None] - negative[None, :]  # (P, N)
-        return F.softplus(-diff).mean()
+        return F.softplus(negative[None, :] - positive[:, None]).mean()  # (P, N) pairs
     ordered = label[:, None] > label[None, :]  # (batch, batch): i ranked above j
     if not bool(ordered.any()):
         return _zero_like_graph(logit)
-    diff = logit[:, None] - logit[None, :]  # (batch, batch)
-    return F.softplus(-diff)[ordered].mean()
+    return F.softplus(logit[None, :] - logit[:, None])[ordered].mean()  # (batch, batch) pairs
 
 
 def _anchor_rows(label: Tensor) -> Tensor:
@@ -403,15 +407,26 @@ def inbatch_softmax_loss(
     anchors = _anchor_rows(label)  # (A,)
     if anchors.numel() == 0:
         return _zero_like_graph(user, item, pool)
-    anchor_user = user[anchors]  # (A, dim)
-    positive = scale * _wide((anchor_user * item[anchors]).sum(dim=-1))  # (A,)
-    negative = scale * _wide(anchor_user @ pool.T)  # (A, pool)
+    anchor_user = _wide(user.index_select(0, anchors))  # (A, dim)
+    pool = _wide(pool)  # (pool, dim)
+    positive = scale * (anchor_user * _wide(item.index_select(0, anchors))).sum(dim=-1)  # (A,)
+    # Log-Q and the mask go into one additive (A, pool) offset, so the logits are a single
+    # fused addmm. Masked entries get a huge finite negative rather than -inf: exp() of it
+    # is exactly 0, and a row with every entry masked stays finite in logsumexp's backward.
+    masked = item_index[anchors][:, None] == pool_index[None, :]  # (A, pool)
+    offset = torch.zeros((), dtype=pool.dtype, device=pool.device)
     if item_log_q is not None and pool_log_q is not None:
         positive = positive - item_log_q[anchors].to(positive.dtype)
-        negative = negative - pool_log_q.to(negative.dtype)[None, :]
-    masked = item_index[anchors][:, None] == pool_index[None, :]  # (A, pool)
-    per_anchor = _softmax_cross_entropy(positive, negative, masked)  # (A,)
+        offset = -pool_log_q.to(pool.dtype)[None, :]  # (1, pool)
+    offset = torch.where(masked, _masked_logit(pool.dtype), offset)  # (A, pool)
+    negative = torch.addmm(offset, anchor_user, pool.T, alpha=scale)  # (A, pool)
+    per_anchor = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive  # (A,)
     return _weighted_mean(per_anchor, weight[anchors] if weight is not None else None)
+
+
+def _masked_logit(dtype: torch.dtype) -> float:
+    """A logit that exp() turns into exactly 0, with room left before -inf."""
+    return torch.finfo(dtype).min / 4
 
 
 def sv_softmax_loss(
@@ -450,13 +465,17 @@ def sv_softmax_loss(
     anchors = _anchor_rows(label)  # (A,)
     if anchors.numel() == 0:
         return _zero_like_graph(user, item, pool)
-    anchor_user = user[anchors]  # (A, dim)
-    cos_positive = _wide((anchor_user * item[anchors]).sum(dim=-1))  # (A,)
+    anchor_user = _wide(user.index_select(0, anchors))  # (A, dim)
+    cos_positive = (anchor_user * _wide(item.index_select(0, anchors))).sum(dim=-1)  # (A,)
     rows = (anchors[:, None] + pool_offset + shifts[None, :]) % pool.shape[0]  # (A, K)
-    cos_negative = _wide(torch.einsum("ad,akd->ak", anchor_user, pool[rows]))  # (A, K)
+    # index_select, not pool[rows]: its backward is index_add, far cheaper on CPU than the
+    # accumulating index_put of advanced indexing
+    negatives = _wide(pool.index_select(0, rows.flatten()))  # (A * K, dim)
+    negatives = negatives.view(*rows.shape, pool.shape[1])  # (A, K, dim)
+    cos_negative = torch.einsum("ad,akd->ak", anchor_user, negatives)  # (A, K)
     hard = cos_negative > (cos_positive - margin)[:, None]  # (A, K): cos⁺ - m - cos⁻ < 0
     negative = scale * torch.where(hard, sv_t * cos_negative + sv_t - 1.0, cos_negative)
-    positive = scale * cos_positive
+    positive = scale * (cos_positive - margin)  # (A,)
     masked = pool_index[rows] == item_index[anchors][:, None]  # (A, K)
     per_anchor = _softmax_cross_entropy(positive, negative, masked)  # (A,)
     return _weighted_mean(per_anchor, weight[anchors] if weight is not None else None)

@@ -9,20 +9,23 @@ row — it is cold then, exactly as it is at serving time.
 History is train.parquet + valid.parquet + test_warm.parquet of a `coldrec prepare`
 output; the test_cold_* files are never read, so held-out entities stay cold.
 
-The plan reads top to bottom: the samples are aggregated once per (entity, day) (a
-streaming group-by), then running sums over each entity's active days give the stats:
-cumulative sums minus the day itself for all-history stats, and
-`rolling_sum_by("day", "<w>d", closed="left")` for the windows [d - w, d). One extra row
-per entity at the serving day (the day after the last sample) gives the `*_latest` tables
-from the very same expressions, so training and serving features cannot drift apart.
+The plan reads top to bottom: the samples are aggregated once per (entity, day) (streaming
+group-bys sunk to scratch Parquet), then running sums over the (entity, day) rows sorted by
+entity and day give the stats: a running sum minus its value at the entity's first row for
+all-history stats, minus its value found by binary search at day d - w for the windows
+[d - w, d) (see `entity_stats`; no per-entity groups, no per-row Python). The entities are
+processed in hash partitions to bound memory. One extra row per entity at the serving day
+(the day after the last sample) gives the `*_latest` tables from the very same expressions,
+so training and serving features cannot drift apart.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,6 @@ from coldrec.io import (
     fingerprint,
     output_lock,
     scan_parquet,
-    write_parquet_atomic,
 )
 from coldrec.schema import (
     SAMPLES,
@@ -61,6 +63,9 @@ DEFAULT_PRIOR_STRENGTH = 10.0
 # over the content table's rows); every other value, null, or id missing from the content
 # table counts as OTHER_VALUE. This bounds the width: at most (N + 1) columns per column.
 DEFAULT_MAX_CATEGORY_VALUES = 20
+# Daily (entity, day) rows computed at once: bounds memory (about 0.5 GB per million rows
+# with ~40 stat columns) whatever the history size.
+DEFAULT_ROWS_PER_PARTITION = 1_000_000
 OTHER_VALUE = "__other__"
 
 USER_STATS_FILE = "user_stats.parquet"
@@ -245,46 +250,56 @@ def category_frame(content: pl.LazyFrame, id_column: str, specs: Sequence[Catego
     )
 
 
+def first_meetings(history: pl.LazyFrame) -> pl.LazyFrame:
+    """(user_id, item_id, day): the day each pair first occurs (feeds the distinct counts)."""
+    return history.group_by("user_id", "item_id").agg(pl.col("day").min())
+
+
 def daily_counts(
     history: pl.LazyFrame,
     side: Side,
     specs: Sequence[CategorySpec] = (),
     categories: pl.LazyFrame | None = None,
+    meetings: pl.LazyFrame | None = None,
 ) -> pl.LazyFrame:
     """One row per (entity, active day): exposures, clicks, clicks per category bucket,
-    and the number of other entities met for the first time that day."""
-    frame = history
-    if specs:
-        assert categories is not None
-        frame = frame.join(categories, on=side.other_id, how="left")
-    clicked = pl.col("label") == 1
-    aggregations = [
+    and the number of other entities met for the first time that day.
+
+    `categories`: (other id, __category_0, ...) from `category_frame`; `meetings`: the
+    output of `first_meetings` when the caller shares it between both sides.
+    """
+    entity = side.id_column
+    daily = history.group_by(entity, "day").agg(
         pl.len().cast(pl.UInt32).alias("exposures"),
         pl.col("label").sum().cast(pl.UInt32).alias("clicks"),
-    ]
-    for index, spec in enumerate(specs):
-        category = pl.col(_category_alias(index))
-        for value in spec.values:
+    )
+    if specs:
+        assert categories is not None
+        # Shares only count clicks, so only the positive samples meet the category join.
+        aggregations = []
+        for index, spec in enumerate(specs):
+            category = pl.col(_category_alias(index))
+            for value in spec.values:
+                aggregations.append((category == value).fill_null(False).sum().cast(pl.UInt32).alias(share_column(spec.column, value)))
             aggregations.append(
-                (clicked & (category == value).fill_null(False)).sum().cast(pl.UInt32).alias(share_column(spec.column, value))
+                (~category.is_in(spec.values).fill_null(False)).sum().cast(pl.UInt32).alias(share_column(spec.column, OTHER_VALUE))
             )
-        aggregations.append(
-            (clicked & ~category.is_in(spec.values).fill_null(False))
-            .sum()
-            .cast(pl.UInt32)
-            .alias(share_column(spec.column, OTHER_VALUE))
+        category_clicks = (
+            history.filter(pl.col("label") == 1)
+            .select(entity, side.other_id, "day")
+            .join(categories, on=side.other_id, how="left")
+            .group_by(entity, "day")
+            .agg(aggregations)
         )
-    daily = frame.group_by(side.id_column, "day").agg(aggregations)
+        share_names = [share_column(spec.column, value) for spec in specs for value in spec.buckets()]
+        daily = daily.join(category_clicks, on=[entity, "day"], how="left").with_columns(
+            pl.col(share_names).fill_null(0)
+        )
+    if meetings is None:
+        meetings = first_meetings(history)
     # Each (entity, other) pair counts once, on the day it first occurs.
-    first_meetings = (
-        history.group_by(side.id_column, side.other_id)
-        .agg(pl.col("day").min())
-        .group_by(side.id_column, "day")
-        .agg(pl.len().cast(pl.UInt32).alias(_NEW_OTHERS))
-    )
-    return daily.join(first_meetings, on=[side.id_column, "day"], how="left").with_columns(
-        pl.col(_NEW_OTHERS).fill_null(0)
-    )
+    new_others = meetings.group_by(entity, "day").agg(pl.len().cast(pl.UInt32).alias(_NEW_OTHERS))
+    return daily.join(new_others, on=[entity, "day"], how="left").with_columns(pl.col(_NEW_OTHERS).fill_null(0))
 
 
 def entity_stats(
@@ -295,11 +310,13 @@ def entity_stats(
     prior: pl.LazyFrame,
     prior_strength: float,
     count_dtype: pl.DataType = pl.UInt32,
+    as_of: dt.date | None = None,
 ) -> pl.LazyFrame:
     """Daily counts -> (id, day, __serving, stat columns...) point-in-time rows.
 
     Rows: every active day of an entity except its first, plus one serving row per entity
-    at the serving day (`__serving` true). Stat columns are Float32 without nulls.
+    at the serving day `as_of` (default: the day after the last day in `daily`; pass it
+    when `daily` holds only some entities). Stat columns are Float32 without nulls.
 
     No per-entity groups: with rows sorted by (entity, day), a running sum G over ALL rows
     (G = sum of the rows above) gives an entity's history before day d as G(row) - G(its
@@ -314,7 +331,12 @@ def entity_stats(
     serving_rows = (
         daily.select(entity)
         .unique()
-        .join(daily.select(pl.col("day").max().dt.offset_by("1d")), how="cross")
+        .join(
+            daily.select(pl.col("day").max().dt.offset_by("1d"))
+            if as_of is None
+            else pl.LazyFrame({"day": [as_of]}, schema={"day": pl.Date}),
+            how="cross",
+        )
         .with_columns([pl.lit(0, count_dtype).alias(column) for column in counts])
         .with_columns(pl.lit(True).alias(_SERVING))
     )
@@ -404,6 +426,68 @@ def _split_serving(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return training, latest
 
 
+@dataclass(frozen=True)
+class PriorFacts:
+    """Global facts of a history: the per-day CTR prior and the serving day."""
+
+    prior: pl.DataFrame  # (day, __ctr_prior), serving day included
+    first_day: dt.date
+    as_of: dt.date  # the day after the last sample
+    ctr_prior: float  # global CTR of the whole history (the prior of the latest tables)
+    count_dtype: pl.DataType  # holds any running count of the history
+
+
+def prior_facts(history: pl.LazyFrame) -> PriorFacts:
+    table = ctr_prior_by_day(history).collect(engine="streaming")
+    if table.height < 2:
+        raise EmptyInput("samples have no rows", hint="check the --samples directory")
+    total_samples = int(table["__before_exposures"][-1])
+    return PriorFacts(
+        prior=table.select("day", _PRIOR),
+        first_day=table["day"].min(),  # type: ignore[arg-type]
+        as_of=table["day"].max(),  # type: ignore[arg-type]
+        ctr_prior=float(table[_PRIOR][-1]),
+        # Running sums over all rows reach the total sample count: UInt32 while it fits.
+        count_dtype=pl.UInt32 if total_samples < 2**32 else pl.UInt64,
+    )
+
+
+def iter_side_stats(
+    daily: pl.LazyFrame,
+    side: Side,
+    windows: Sequence[int],
+    specs: Sequence[CategorySpec],
+    facts: PriorFacts,
+    prior_strength: float,
+    partitions: int = 1,
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """(stats, latest) DataFrames for one side, one pair per hash partition of the ids.
+
+    Partitioning bounds memory: every entity's rows land in one partition, and each
+    partition is computed and handed over before the next is read.
+    """
+    entity = side.id_column
+    for part in range(partitions):
+        subset = daily if partitions == 1 else daily.filter(pl.col(entity).hash(seed=0) % partitions == part)
+        frame = entity_stats(
+            subset, side, windows, specs, facts.prior.lazy(), prior_strength, facts.count_dtype, facts.as_of
+        ).collect(engine="streaming")
+        yield _split_serving(frame)
+
+
+def _side_daily(
+    history: pl.LazyFrame,
+    side: Side,
+    specs: Sequence[CategorySpec],
+    content: pl.LazyFrame | None,
+    meetings: pl.LazyFrame,
+) -> pl.LazyFrame:
+    if specs and content is None:
+        raise ValueError(f"category columns for {side.id_column} need the {side.category_source} table")
+    categories = category_frame(content, side.other_id, specs) if specs and content is not None else None
+    return daily_counts(history, side, specs, categories, meetings)
+
+
 def compute_stats(
     history: pl.LazyFrame,
     users: pl.LazyFrame | None,
@@ -413,41 +497,103 @@ def compute_stats(
     user_specs: Sequence[CategorySpec] = (),
     item_specs: Sequence[CategorySpec] = (),
     prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+    partitions: int = 1,
 ) -> StatsTables:
-    """Normalised history (see `normalise_samples`) -> the four stats tables.
+    """Normalised history (see `normalise_samples`) -> the four stats tables, in memory.
 
     `user_specs` name columns of `items` (a user's category mix); `item_specs` name
-    columns of `users` (an item's audience mix). Users and items are collected one after
-    the other so only one side's stats are in memory at a time.
+    columns of `users` (an item's audience mix). For large histories `write_stats` streams
+    the same computation to files instead.
     """
-    prior_table = ctr_prior_by_day(history).collect(engine="streaming")
-    if prior_table.height < 2:
-        raise EmptyInput("samples have no rows", hint="check the --samples directory")
-    first_day: dt.date = prior_table["day"].min()  # type: ignore[assignment]
-    as_of: dt.date = prior_table["day"].max()  # type: ignore[assignment]
-    ctr_prior = float(prior_table[_PRIOR][-1])
-    total_samples = int(prior_table["__before_exposures"][-1])
-    # Running sums over all rows reach the total sample count: UInt32 while it fits.
-    count_dtype = pl.UInt32 if total_samples < 2**32 else pl.UInt64
-    prior = prior_table.lazy().select("day", _PRIOR)
+    facts = prior_facts(history)
+    meetings = first_meetings(history).collect(engine="streaming").lazy()
+    tables = []
+    for side, specs, content in ((USER_SIDE, user_specs, items), (ITEM_SIDE, item_specs, users)):
+        daily = _side_daily(history, side, specs, content, meetings).collect(engine="streaming").lazy()
+        parts = list(iter_side_stats(daily, side, windows, specs, facts, prior_strength, partitions))
+        tables.append(
+            (
+                pl.concat([stats for stats, _ in parts]).sort(side.id_column, "day"),
+                pl.concat([latest for _, latest in parts]).sort(side.id_column),
+            )
+        )
+    (user_stats, user_latest), (item_stats, item_latest) = tables
+    return StatsTables(
+        user_stats, item_stats, user_latest, item_latest, facts.first_day, facts.as_of, facts.ctr_prior
+    )
 
-    user_categories = category_frame(items, "item_id", user_specs) if user_specs and items is not None else None
-    user_daily = daily_counts(history, USER_SIDE, user_specs, user_categories)
-    log.debug("stats: computing user stats")
-    user_stats, user_latest = _split_serving(
-        entity_stats(user_daily, USER_SIDE, windows, user_specs, prior, prior_strength, count_dtype).collect(
-            engine="streaming"
+
+@dataclass
+class WrittenStats:
+    """What `write_stats` wrote: row counts per file and the serving-day facts."""
+
+    row_counts: dict[str, int]
+    partitions: dict[str, int]
+    first_day: dt.date
+    as_of: dt.date
+    ctr_prior: float
+
+
+def write_stats(
+    history: pl.LazyFrame,
+    users: pl.LazyFrame | None,
+    items: pl.LazyFrame | None,
+    directory: Path,
+    *,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    user_specs: Sequence[CategorySpec] = (),
+    item_specs: Sequence[CategorySpec] = (),
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
+) -> WrittenStats:
+    """Stream the four stats tables into `directory` with bounded memory.
+
+    The pair first-meetings and each side's daily counts are sunk to scratch Parquet files
+    (streaming group-bys); each side is then computed in hash partitions of about
+    `rows_per_partition` daily rows, appended to the output files partition by partition.
+    Rows are sorted by (id, day) within each partition.
+    """
+    import pyarrow.parquet as pq
+
+    facts = prior_facts(history)
+    log.debug("stats: prior computed")
+    scratch = directory / "_scratch"
+    scratch.mkdir()
+    meetings_path = scratch / "first_meetings.parquet"
+    first_meetings(history).sink_parquet(meetings_path, engine="streaming")
+    row_counts: dict[str, int] = {}
+    partitions: dict[str, int] = {}
+    for side, specs, content, stats_name, latest_name in (
+        (USER_SIDE, user_specs, items, USER_STATS_FILE, USER_LATEST_FILE),
+        (ITEM_SIDE, item_specs, users, ITEM_STATS_FILE, ITEM_LATEST_FILE),
+    ):
+        log.debug(f"stats: {side.id_column} daily counts")
+        daily_path = scratch / f"daily_{side.id_column}.parquet"
+        _side_daily(history, side, specs, content, pl.scan_parquet(meetings_path)).sink_parquet(
+            daily_path, engine="streaming"
         )
-    )
-    item_categories = category_frame(users, "user_id", item_specs) if item_specs and users is not None else None
-    item_daily = daily_counts(history, ITEM_SIDE, item_specs, item_categories)
-    log.debug("stats: computing item stats")
-    item_stats, item_latest = _split_serving(
-        entity_stats(item_daily, ITEM_SIDE, windows, item_specs, prior, prior_strength, count_dtype).collect(
-            engine="streaming"
-        )
-    )
-    return StatsTables(user_stats, item_stats, user_latest, item_latest, first_day, as_of, ctr_prior)
+        daily_rows = pl.scan_parquet(daily_path).select(pl.len()).collect().item()
+        count = max(1, math.ceil(daily_rows / rows_per_partition))
+        partitions[side.id_column] = count
+        log.debug(f"stats: {daily_rows:,} {side.id_column} daily rows in {count} partition(s)")
+        writers: dict[str, Any] = {}
+        row_counts[stats_name] = row_counts[latest_name] = 0
+        try:
+            parts = iter_side_stats(
+                pl.scan_parquet(daily_path), side, windows, specs, facts, prior_strength, count
+            )
+            for stats, latest in parts:
+                for name, frame in ((stats_name, stats), (latest_name, latest)):
+                    table = frame.to_arrow()
+                    if name not in writers:
+                        writers[name] = pq.ParquetWriter(directory / name, table.schema, compression="zstd")
+                    writers[name].write_table(table)
+                    row_counts[name] += frame.height
+        finally:
+            for writer in writers.values():
+                writer.close()
+    shutil.rmtree(scratch)
+    return WrittenStats(row_counts, partitions, facts.first_day, facts.as_of, facts.ctr_prior)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -637,9 +783,16 @@ class StatsResult:
         }
 
 
-def _missing_from_content(latest: pl.DataFrame, content: pl.LazyFrame, id_column: str) -> int:
-    known = content.select(id_column).collect()
-    return latest.select(id_column).join(known, on=id_column, how="anti").height
+def _missing_from_content(latest_path: Path, content: pl.LazyFrame, id_column: str) -> int:
+    """Ids of the history (one latest row each) that the content table lacks."""
+    return (
+        pl.scan_parquet(latest_path)
+        .select(id_column)
+        .join(content.select(id_column), on=id_column, how="anti")
+        .select(pl.len())
+        .collect(engine="streaming")
+        .item()
+    )
 
 
 def run_stats(
@@ -653,6 +806,7 @@ def run_stats(
     *,
     prior_strength: float = DEFAULT_PRIOR_STRENGTH,
     max_category_values: int = DEFAULT_MAX_CATEGORY_VALUES,
+    rows_per_partition: int = DEFAULT_ROWS_PER_PARTITION,
 ) -> StatsResult:
     """Write user/item point-in-time stats (+ latest tables and manifest) into `out_dir`.
 
@@ -668,6 +822,8 @@ def run_stats(
         raise UsageError(f"prior strength {prior_strength} must be a positive number", hint="pass e.g. 10")
     if max_category_values < 1:
         raise UsageError(f"max category values {max_category_values} must be >= 1", hint="pass e.g. 20")
+    if rows_per_partition < 1:
+        raise UsageError(f"rows per partition {rows_per_partition} must be >= 1", hint="pass e.g. 1000000")
     if out_dir.resolve() == samples_dir.resolve():
         raise UsageError("--out is the --samples directory", path=out_dir, hint="write the stats to another directory")
     inputs = load_inputs(
@@ -679,41 +835,32 @@ def run_stats(
         max_category_values,
     )
 
-    tables = compute_stats(
-        inputs.history,
-        inputs.users,
-        inputs.items,
-        windows=windows,
-        user_specs=inputs.user_specs,
-        item_specs=inputs.item_specs,
-        prior_strength=prior_strength,
-    )
-    user_stats, user_latest = tables.user_stats, tables.user_latest
-    item_stats, item_latest = tables.item_stats, tables.item_latest
-    as_of, ctr_prior, first_day = tables.as_of, tables.ctr_prior, tables.first_day
-
-    users_unknown = _missing_from_content(user_latest, inputs.users, "user_id")
-    items_unknown = _missing_from_content(item_latest, inputs.items, "item_id")
-    for noun, unknown, total, path in (
-        ("user", users_unknown, user_latest.height, users_path),
-        ("item", items_unknown, item_latest.height, items_path),
-    ):
-        if unknown:
-            log.warning(
-                f"{unknown:,} of {total:,} {noun} ids in the samples are not in {path}; "
-                f"their category clicks count as '{OTHER_VALUE}'"
-            )
-
     user_columns = stat_columns(USER_SIDE, windows, inputs.user_specs)
     item_columns = stat_columns(ITEM_SIDE, windows, inputs.item_specs)
     with output_lock(out_dir, "coldrec stats"), atomic_dir(out_dir) as temp:
-        for frame, name in (
-            (user_stats, USER_STATS_FILE),
-            (item_stats, ITEM_STATS_FILE),
-            (user_latest, USER_LATEST_FILE),
-            (item_latest, ITEM_LATEST_FILE),
-        ):
-            write_parquet_atomic(frame, temp / name)
+        written = write_stats(
+            inputs.history,
+            inputs.users,
+            inputs.items,
+            temp,
+            windows=windows,
+            user_specs=inputs.user_specs,
+            item_specs=inputs.item_specs,
+            prior_strength=prior_strength,
+            rows_per_partition=rows_per_partition,
+        )
+        unknown = {
+            "users_not_in_content": _missing_from_content(temp / USER_LATEST_FILE, inputs.users, "user_id"),
+            "items_not_in_content": _missing_from_content(temp / ITEM_LATEST_FILE, inputs.items, "item_id"),
+        }
+        for noun, latest_file, path in (("user", USER_LATEST_FILE, users_path), ("item", ITEM_LATEST_FILE, items_path)):
+            missing = unknown[f"{noun}s_not_in_content"]
+            if missing:
+                log.warning(
+                    f"{missing:,} of {written.row_counts[latest_file]:,} {noun} ids in the samples are not in "
+                    f"{path}; their category clicks count as '{OTHER_VALUE}'"
+                )
+        as_of, ctr_prior, first_day = written.as_of, written.ctr_prior, written.first_day
         wall = time.perf_counter() - started
         Manifest(
             command="stats",
@@ -729,15 +876,7 @@ def run_stats(
                 "users": fingerprint(users_path),
                 "items": fingerprint(items_path),
             },
-            row_counts={
-                "samples_read": inputs.samples_read,
-                USER_STATS_FILE: user_stats.height,
-                ITEM_STATS_FILE: item_stats.height,
-                USER_LATEST_FILE: user_latest.height,
-                ITEM_LATEST_FILE: item_latest.height,
-                "users_not_in_content": users_unknown,
-                "items_not_in_content": items_unknown,
-            },
+            row_counts={"samples_read": inputs.samples_read, **written.row_counts, **unknown},
             extra={
                 "history_files": [path.name for path in inputs.history_files],
                 "first_day": first_day.isoformat(),
@@ -752,6 +891,7 @@ def run_stats(
                 "item_columns": item_columns,
                 "user_category_values": {spec.column: list(spec.values) for spec in inputs.user_specs},
                 "item_category_values": {spec.column: list(spec.values) for spec in inputs.item_specs},
+                "partitions": written.partitions,
                 "keys": {
                     USER_STATS_FILE: ["user_id", "day"],
                     ITEM_STATS_FILE: ["item_id", "day"],
@@ -764,10 +904,10 @@ def run_stats(
     return StatsResult(
         out_dir=out_dir,
         samples_read=inputs.samples_read,
-        user_rows=user_stats.height,
-        item_rows=item_stats.height,
-        users_latest=user_latest.height,
-        items_latest=item_latest.height,
+        user_rows=written.row_counts[USER_STATS_FILE],
+        item_rows=written.row_counts[ITEM_STATS_FILE],
+        users_latest=written.row_counts[USER_LATEST_FILE],
+        items_latest=written.row_counts[ITEM_LATEST_FILE],
         user_stat_columns=len(user_columns),
         item_stat_columns=len(item_columns),
         as_of=as_of,

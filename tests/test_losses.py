@@ -259,7 +259,7 @@ def test_log_q_lowers_the_penalty_of_popular_negatives():
         user, item, label, item_index=torch.arange(2), item_log_q=log_q)
     off = RetrievalLoss(only(w={"softmax_weight": 1.0}, log_q_correction=False))(
         user, item, label, item_index=torch.arange(2))
-    assert float(on.total) < float(off.total) / 10
+    assert float(on.total.detach()) < float(off.total.detach()) / 10
 
 
 def sv_config(**options) -> LossConfig:
@@ -307,7 +307,7 @@ def test_svsoftmax_hard_negatives_weigh_more():
     # t > 1 only raises the logits of hard negatives, so the loss can only grow
     user, item, label, item_index, _, _ = batch(rows=10, dim=3, seed=9)
     losses = [float(RetrievalLoss(sv_config(sv_t=t))(
-        user, item, label, item_index=item_index, generator=torch.Generator().manual_seed(5)).total)
+        user, item, label, item_index=item_index, generator=torch.Generator().manual_seed(5)).total.detach())
         for t in (1.0, 1.2, 2.0)]
     assert losses[0] < losses[1] < losses[2]
 
@@ -340,7 +340,7 @@ def test_svsoftmax_is_deterministic_given_the_generator():
 
     def run(seed):
         return float(loss(user, item, label, item_index=item_index,
-                          generator=torch.Generator().manual_seed(seed)).total)
+                          generator=torch.Generator().manual_seed(seed)).total.detach())
 
     assert run(1) == run(1)
     assert len({run(seed) for seed in range(6)}) > 1
@@ -413,7 +413,7 @@ def test_all_labels_positive_gives_zero_pairwise_with_a_graph():
     user, item, _, item_index, _, _ = batch(rows=5, seed=15)
     out = RetrievalLoss(only(w={"pairwise_weight": 1.0}))(
         user, item, torch.ones(5, dtype=DTYPE), item_index=item_index)
-    assert float(out.total) == 0.0
+    assert float(out.total.detach()) == 0.0
     user_grad, _ = torch.autograd.grad(out.total, [user, item])
     assert float(user_grad.abs().sum()) == 0.0
 
@@ -451,7 +451,7 @@ def test_every_negative_masked_gives_zero_not_nan(kind):
     config = only(w={"softmax_weight": 1.0}, softmax=kind, log_q_correction=False, num_negatives=2)
     out = RetrievalLoss(config)(user, item, label, item_index=torch.full((5,), 3),
                                 generator=torch.Generator().manual_seed(0))
-    assert float(out.total) == 0.0
+    assert float(out.total.detach()) == 0.0
     assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.total, [user, item]))
 
 
@@ -574,7 +574,6 @@ def test_minimising_the_softmax_ranks_planted_positives_first(kind):
     config = LossConfig(pointwise_weight=0.0, softmax_weight=1.0, softmax=kind,
                         log_q_correction=kind == "inbatch", num_negatives=6, scale=10.0)
     loss = RetrievalLoss(config)
-    optimizer = torch.optim.SGD([user_table, item_table], lr=2.0)
     before = positive_ranks(user_table.detach(), item_table.detach(), positives)
     generator = torch.Generator().manual_seed(1)
     for _ in range(60):
@@ -583,10 +582,25 @@ def test_minimising_the_softmax_ranks_planted_positives_first(kind):
         out = loss(F.normalize(user_table[rows], dim=1), F.normalize(item_table[item_rows], dim=1),
                    torch.ones(16), item_index=item_rows,
                    item_log_q=torch.full((16,), math.log(1 / items)), generator=generator)
-        optimizer.zero_grad()
-        out.total.backward()
-        optimizer.step()
+        user_grad, item_grad = torch.autograd.grad(out.total, [user_table, item_table])
+        with torch.no_grad():  # plain SGD by hand: torch.optim's first step imports dynamo (seconds)
+            user_table -= 2.0 * user_grad
+            item_table -= 2.0 * item_grad
     after = positive_ranks(user_table.detach(), item_table.detach(), positives)
     assert before.mean() > 15  # chance: about (items - 1) / 2
-    assert after.mean() < before.mean() / 4
-    assert (after == 0).float().mean() > 0.4
+    assert after.mean() < 1.0
+    assert (after == 0).float().mean() > 0.8  # (measured: 1.00 inbatch, 0.98 svsoftmax)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["inbatch", "svsoftmax"])
+def test_cuda_gives_the_cpu_values(kind):
+    user, item, label, item_index, log_q, weight = batch(rows=32, seed=30)
+    config = LossConfig(**ALL_ON, softmax=kind, log_q_correction=kind == "inbatch")
+    cpu = RetrievalLoss(config)(user, item, label, item_index=item_index, item_log_q=log_q, weight=weight,
+                                generator=torch.Generator().manual_seed(4))
+    # a CPU generator with CUDA tensors: the trainer's case; the shifts are drawn on the CPU
+    gpu = RetrievalLoss(config).cuda()(user.cuda(), item.cuda(), label.cuda(), item_index=item_index.cuda(),
+                                       item_log_q=log_q.cuda(), weight=weight.cuda(),
+                                       generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(gpu.total.cpu(), cpu.total, rtol=1e-9)

@@ -7,7 +7,7 @@ categorical, 1 multi-hot, 1 numeric, one 8-float vector), then times `run_embed`
 untrained: the speed of a forward pass does not depend on their values.
 
     .venv/bin/python bench/embed.py                 # 200k users and 200k items
-    .venv/bin/python bench/embed.py --rows 1000000 --threads 2
+    .venv/bin/python bench/embed.py --rows 1000000 --threads 2 --batch-size 8192
 """
 
 from __future__ import annotations
@@ -79,14 +79,14 @@ def make_model(directory: Path, users: pl.DataFrame, items: pl.DataFrame) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: coldrec.embed.EMBED_BATCH_ROWS")
     args = parser.parse_args()
 
     import torch
 
     from coldrec.config import ModelConfig
-    from coldrec.embed import run_embed
+    from coldrec.embed import EMBED_BATCH_ROWS, run_embed
 
     torch.set_num_threads(args.threads)
     results = []
@@ -100,7 +100,7 @@ def main() -> None:
             for cold in (False, True):
                 started = time.perf_counter()
                 result = run_embed(
-                    model=root / "model", out=root / f"{side}_emb.parquet", cold=cold, batch_size=args.batch_size,
+                    model=root / "model", out=root / f"{side}_emb.parquet", cold=cold, batch_size=args.batch_size or EMBED_BATCH_ROWS,
                     **{side: root / f"{side}.parquet"},
                 )
                 seconds = time.perf_counter() - started

@@ -1,15 +1,22 @@
 """Training throughput vs. the compute roofline of the same towers, and peak memory.
 
-    .venv/bin/python bench/train.py [--samples 10000000] [--batches 200] [--threads 2]
+    .venv/bin/python bench/train.py [--samples 10000000] [--rounds 20] [--block 10] [--threads 1]
 
 1. Builds a synthetic world (coldrec.synth), fits and encodes it with the real code, then
    tiles the encoded per-sample index tensors to --samples rows (the memory of a 10M-sample
    encoded dataset is real; only the ids repeat).
-2. Times --batches training steps at default settings exactly as `run_train` does them
-   (index_select gathers, both towers, RetrievalLoss, backward, clipping, AdamW).
-3. Times the bare forward+backward+AdamW of MLPs of the same shapes on random dense inputs
-   (no lookups, no loss beyond a dot product): the compute roofline of this model.
-Prints samples/s of both, their ratio (target >= 0.70) and the peak RSS.
+2. "training": the training step exactly as `run_train` does it at default settings
+   (index_select gathers, both towers with input dropout, RetrievalLoss = pointwise +
+   in-batch softmax with log-Q, backward, gradient clipping, fused AdamW).
+3. "roofline": the dense compute of the same towers on random tensors: each tower's MLP
+   and linear content skip, fed random (batch, content) and (batch, preference) inputs that
+   need gradients (as the looked-up embeddings do), a dot-product loss, backward, AdamW.
+   What training adds on top is data handling, feature lookups and the losses.
+   "mlp-only" is the stricter, older yardstick: the MLPs alone, inputs frozen.
+4. The three are timed in interleaved blocks of --block steps (--rounds times), so the noise
+   of a shared machine hits all of them alike; rates use the total time of each.
+Prints samples/s of each, the ratios (target >= 0.70), a per-phase breakdown of the training
+step (ms) and the peak RSS.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from coldrec.features import EncodedSamples, encode_dataset, fit_spec  # noqa: E
 from coldrec.losses import RetrievalLoss  # noqa: E402
 from coldrec.model import build_model  # noqa: E402
 from coldrec.synth import SynthConfig, run_synth  # noqa: E402
-from coldrec.train import Dist, TrainStep, _item_log_q  # noqa: E402
+from coldrec.train import Dist, TrainStep, _item_log_q, make_optimizer, set_threads  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -55,79 +62,138 @@ def build(samples: int, config: TrainConfig, workdir: Path):
     return spec, data
 
 
-def time_training(spec, data, config: TrainConfig, batches: int) -> float:
-    torch.manual_seed(0)
-    model = build_model(spec, config.model)
-    loss = RetrievalLoss(config.loss.to_loss_config())
-    step_module = TrainStep(model, loss, "twotower", Dist())
-    parameters = [p for p in step_module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.training.lr)
-    samples = data.splits["train"]
-    log_q = _item_log_q(samples.item_row[:1_000_000], len(data.items))
-    generator = torch.Generator().manual_seed(0)
-    permutation = torch.randperm(len(samples), generator=generator)
-    batch = config.training.batch_size
-    started = None
-    for step in range(batches + 5):
-        if step == 5:
-            started = time.perf_counter()  # skip warm-up steps
-        rows = permutation[step * batch : (step + 1) * batch]
+class Training:
+    """The training step of run_train (single process), one batch per call."""
+
+    PHASES = ("gather", "forward+loss", "backward", "clip", "optimizer")
+
+    def __init__(self, spec, data, config: TrainConfig, plain: bool = False) -> None:
+        torch.manual_seed(0)
+        self.config = config
+        self.plain = plain  # the step before the fused optimiser: for-loop AdamW and clipping
+        self.model = build_model(spec, config.model)
+        self.step_module = TrainStep(self.model, RetrievalLoss(config.loss.to_loss_config()), "twotower", Dist())
+        self.parameters = [p for p in self.step_module.parameters() if p.requires_grad]
+        if plain:
+            self.optimizer = torch.optim.AdamW(self.parameters, lr=config.training.lr, weight_decay=config.training.weight_decay, foreach=False)
+        else:
+            self.optimizer = make_optimizer(self.parameters, config.training.lr, config.training.weight_decay)
+        self.data = data
+        self.samples = data.splits["train"]
+        self.log_q = _item_log_q(self.samples.item_row, len(data.items))
+        self.generator = torch.Generator().manual_seed(0)
+        self.permutation = torch.randperm(len(self.samples), generator=self.generator)
+        self.batch = config.training.batch_size
+        self.position = 0
+        self.phase_seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.timed_steps = 0
+
+    def __call__(self, timed: bool = False) -> None:
+        clock = [time.perf_counter()]
+        if self.position + self.batch > len(self.samples):
+            self.position = 0
+        rows = self.permutation[self.position : self.position + self.batch]  # (batch,)
+        self.position += self.batch
+        samples, data = self.samples, self.data
         item_row = samples.item_row.index_select(0, rows)
-        total, _ = step_module(
-            data.inputs("user", samples.user_row.index_select(0, rows), samples.user_stats_row.index_select(0, rows)),
-            data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows)),
-            samples.label.index_select(0, rows),
-            samples.weight.index_select(0, rows),
-            item_row,
-            log_q.index_select(0, item_row),
-            generator,
-        )
-        optimizer.zero_grad(set_to_none=True)
+        user_inputs = data.inputs("user", samples.user_row.index_select(0, rows), samples.user_stats_row.index_select(0, rows))
+        item_inputs = data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows))
+        label, weight = samples.label.index_select(0, rows), samples.weight.index_select(0, rows)
+        log_q = self.log_q.index_select(0, item_row)
+        clock.append(time.perf_counter())
+        total, _ = self.step_module(user_inputs, item_inputs, label, weight, item_row, log_q, self.generator)
+        clock.append(time.perf_counter())
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, config.training.grad_clip)
-        optimizer.step()
-    return batches * batch / (time.perf_counter() - started)
+        clock.append(time.perf_counter())
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.training.grad_clip, foreach=not self.plain)
+        clock.append(time.perf_counter())
+        self.optimizer.step()
+        clock.append(time.perf_counter())
+        if timed:
+            self.timed_steps += 1
+            for name, start, stop in zip(self.PHASES, clock, clock[1:]):
+                self.phase_seconds[name] += stop - start
 
 
-def time_roofline(spec, config: TrainConfig, batches: int) -> float:
-    torch.manual_seed(0)
-    model = build_model(spec, config.model)
-    mlps = [model.user.mlp, model.item.mlp]
-    widths = [model.user.content_width + model.user.preference_width, model.item.content_width + model.item.preference_width]
-    parameters = [p for mlp in mlps for p in mlp.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config.training.lr)
-    batch = config.training.batch_size
-    inputs = [torch.randn(batch, w) for w in widths]  # (batch, in_width) per tower
-    started = None
-    for step in range(batches + 5):
-        if step == 5:
-            started = time.perf_counter()
-        user = F.normalize(mlps[0](inputs[0]), dim=1)  # (batch, dim)
-        item = F.normalize(mlps[1](inputs[1]), dim=1)  # (batch, dim)
+class Roofline:
+    """Dense tower compute on random inputs; `mlp_only` = MLPs alone with frozen inputs."""
+
+    def __init__(self, spec, config: TrainConfig, mlp_only: bool) -> None:
+        torch.manual_seed(0)
+        model = build_model(spec, config.model)
+        self.towers = [model.user, model.item]
+        self.mlp_only = mlp_only
+        batch = config.training.batch_size
+        grad = not mlp_only
+        self.inputs = [
+            (torch.randn(batch, t.content_width, requires_grad=grad), torch.randn(batch, t.preference_width, requires_grad=grad))  # (batch, width) each
+            for t in self.towers
+        ]
+        modules = [t.mlp for t in self.towers] + ([] if mlp_only else [t.content_skip for t in self.towers if t.content_skip is not None])
+        self.parameters = [p for m in modules for p in m.parameters()]
+        self.optimizer = make_optimizer(self.parameters, config.training.lr, config.training.weight_decay)
+
+    def tower(self, tower, content, preference):
+        out = tower.mlp(torch.cat([content, preference], dim=1))  # (batch, dim)
+        if not self.mlp_only and tower.content_skip is not None:
+            out = out + tower.content_skip(content)
+        return F.normalize(out, dim=1)
+
+    def __call__(self, timed: bool = False) -> None:
+        for content, preference in self.inputs:
+            content.grad = preference.grad = None
+        user, item = (self.tower(t, *x) for t, x in zip(self.towers, self.inputs))
         total = (user * item).sum()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        optimizer.step()
-    return batches * batch / (time.perf_counter() - started)
+        self.optimizer.step()
+
+
+def measure(runners: dict, rounds: int, block: int, batch: int) -> dict[str, float]:
+    """samples/s of each runner over interleaved blocks (after 5 warm-up steps each)."""
+    for run in runners.values():
+        for _ in range(5):
+            run()
+    seconds = dict.fromkeys(runners, 0.0)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            started = time.perf_counter()
+            for _ in range(block):
+                run(timed=True)
+            seconds[name] += time.perf_counter() - started
+    return {name: rounds * block * batch / seconds[name] for name in runners}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=10_000_000)
-    parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
+    parser.add_argument("--block", type=int, default=10, help="steps per runner per round")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = coldrec train's default)")
+    parser.add_argument("--compare-plain", action="store_true", help="also time the step with for-loop AdamW (before the fused optimiser)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     config = TrainConfig().validate()
     with tempfile.TemporaryDirectory() as tmp:
         spec, data = build(args.samples, config, Path(tmp))
     encoded_rss = peak_rss_mib()
-    train_rate = time_training(spec, data, config, args.batches)
-    roof_rate = time_roofline(spec, config, args.batches)
-    print(f"samples={args.samples:,} batch={config.training.batch_size} threads={args.threads}")
-    print(f"training  {train_rate:12,.0f} samples/s  (default settings: pointwise + in-batch softmax with log-Q)")
-    print(f"roofline  {roof_rate:12,.0f} samples/s  (bare forward+backward+AdamW of the same tower MLPs)")
-    print(f"ratio     {train_rate / roof_rate:12.2f}  (target >= 0.70)")
+    batch = config.training.batch_size
+    training = Training(spec, data, config)
+    runners = {"training": training, "roofline": Roofline(spec, config, mlp_only=False), "mlp-only": Roofline(spec, config, mlp_only=True)}
+    if args.compare_plain:
+        runners["plain"] = Training(spec, data, config, plain=True)
+    rates = measure(runners, args.rounds, args.block, batch)
+    print(f"samples={args.samples:,} batch={batch} threads={threads} steps={args.rounds * args.block} per runner")
+    print(f"training  {rates['training']:12,.0f} samples/s  (default settings: pointwise + in-batch softmax with log-Q)")
+    print(f"roofline  {rates['roofline']:12,.0f} samples/s  (dense tower compute: MLP + content skip, input grads)")
+    print(f"mlp-only  {rates['mlp-only']:12,.0f} samples/s  (MLPs alone, frozen inputs)")
+    print(f"ratio     {rates['training'] / rates['roofline']:12.2f}  vs roofline (target >= 0.70)")
+    print(f"ratio     {rates['training'] / rates['mlp-only']:12.2f}  vs mlp-only")
+    if "plain" in rates:
+        print(f"plain     {rates['plain']:12,.0f} samples/s  (for-loop AdamW: ratios {rates['plain'] / rates['roofline']:.2f} / {rates['plain'] / rates['mlp-only']:.2f})")
+    steps = max(training.timed_steps, 1)
+    print("training step, ms: " + ", ".join(f"{name} {seconds / steps * 1000:.2f}" for name, seconds in training.phase_seconds.items()))
     print(f"peak RSS  {peak_rss_mib():12,.0f} MiB  (after encoding: {encoded_rss:,.0f} MiB)")
 
 

@@ -269,6 +269,7 @@ def train(
     objective: Annotated[Optional[Objective], typer.Option("--objective", help="twotower (losses of [loss]) or dropoutnet (MSE to pretrained U·Vᵀ).")] = None,
     user_vectors: Annotated[Optional[Path], typer.Option("--user-vectors", help="Pretrained user vectors (user_id, vector) for --objective dropoutnet.")] = None,
     item_vectors: Annotated[Optional[Path], typer.Option("--item-vectors", help="Pretrained item vectors (item_id, vector) for --objective dropoutnet.")] = None,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch; 0 = OMP_NUM_THREADS if set, else 1 (best on a shared machine).")] = 0,
 ) -> None:
     """Train the DropoutNet two-tower model and write a model directory.
 
@@ -304,6 +305,7 @@ def train(
         init_from=init_from,
         user_vectors=user_vectors,
         item_vectors=item_vectors,
+        threads=threads,
     )
     _report("train", result)
 
@@ -315,7 +317,8 @@ def embed(
     items: Annotated[Optional[Path], typer.Option(help="Items table (item_id + the content columns the model was trained on).")] = None,
     stats: Annotated[Optional[Path], typer.Option(help="Stats directory: known ids use their latest statistics (*_stats_latest.parquet).")] = None,
     cold: Annotated[bool, typer.Option("--cold", help="Content only: zero every row's preference block (brand-new users or items).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 8192,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 1024,
+    threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice; 1 is faster on a busy machine).")] = None,
 ) -> None:
     """Embed users or items with a trained model (content only with --cold).
 
@@ -327,7 +330,7 @@ def embed(
     """
     from coldrec.embed import run_embed
 
-    _report("embed", run_embed(model=model, out=out, users=users, items=items, stats=stats, cold=cold, batch_size=batch_size))
+    _report("embed", run_embed(model=model, out=out, users=users, items=items, stats=stats, cold=cold, batch_size=batch_size, threads=threads))
 
 @app.command()
 def index(
@@ -449,6 +452,48 @@ def evaluate(
     result = run_evaluate(recs, truth, ks=k, train=train, report=report, out=out)
     typer.echo(result.to_json() if json_output else result.to_markdown(), nl=False)
     _report("evaluate", result)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+class Stage(str, Enum):
+    prepare = "prepare"
+    stats = "stats"
+    train = "train"
+    embed = "embed"
+    index = "index"
+    recall = "recall"
+
+
+@app.command()
+def pipeline(
+    config: Annotated[Path, typer.Option("--config", help="Pipeline TOML: [inputs], [output] root, and one section per stage.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what each stage would do and why; write nothing.")] = False,
+    from_stage: Annotated[Optional[Stage], typer.Option("--from", help="Rerun this stage and every later one, even if unchanged.")] = None,
+    only: Annotated[Optional[Stage], typer.Option("--only", help="Run just this stage (earlier stages must be up to date).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another pipeline holds the output root, wait for it instead of exiting 75.")] = False,
+) -> None:
+    """Run prepare, stats, train, embed, index and recall from one config, for cron.
+
+    Each run writes ROOT/runs/<UTC timestamp>/<stage>/; stages whose inputs and options are
+    unchanged since a previous output are reused (hard links), and ROOT/current is pointed at
+    the run atomically once every stage has finished. The root is locked: an overlapping run
+    exits 75 (or waits with --wait). See docs/operations.md.
+
+    Example: coldrec pipeline --config coldrec.toml --dry-run
+    """
+    from coldrec.pipeline import run_pipeline
+
+    result = run_pipeline(
+        config,
+        dry_run=dry_run,
+        from_stage=from_stage.value if from_stage else None,
+        only=only.value if only else None,
+        wait=wait,
+        echo=typer.echo,
+    )
+    _report("pipeline", result)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -71,6 +71,10 @@ class ModelConfig:
     mlp_dropout: float = 0.0  # ordinary dropout between MLP layers
     user_dropout_rate: float = 0.5  # P(user's whole preference block is zeroed), per sample
     item_dropout_rate: float = 0.5  # P(item's whole preference block is zeroed), per sample
+    # Weight of an auxiliary loss (the same retrieval loss) between each row's user and the
+    # content-only view of its item (preference block dropped), so the item content path
+    # learns from every row, not only from the dropped ones. 0 disables it.
+    content_aux_weight: float = 0.0
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -78,6 +82,8 @@ class ModelConfig:
             raise ConfigError(f"model.hidden must hold positive widths, got {self.hidden}", hint="e.g. hidden = [256, 128]")
         _choice(self, "activation", ACTIVATIONS, "model")
         _choice(self, "normalisation", NORMALISATIONS, "model")
+        if not (self.content_aux_weight >= 0.0 and math.isfinite(self.content_aux_weight)):
+            raise ConfigError(f"model.content_aux_weight must be >= 0, got {self.content_aux_weight}", hint="e.g. 0.5, or 0 to disable")
         for name in ("user_dropout_rate", "item_dropout_rate", "mlp_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -145,6 +145,12 @@ class TwoTower(nn.Module):
             user_drop, item_drop = self.dropout_masks(batch, user_inputs["id"].device, generator)
         return self.user(user_inputs, user_drop), self.item(item_inputs, item_drop)
 
+    def content_view(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
+        """(batch, dim): every row of one side with its preference block dropped (cold view)."""
+        tower = self.user if side == "user" else self.item
+        drop = torch.ones(inputs["id"].shape[0], dtype=torch.bool, device=inputs["id"].device)
+        return tower(inputs, drop)
+
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, dim) embeddings of one side, no dropout."""
         tower = self.user if side == "user" else self.item

@@ -341,7 +341,33 @@ def check_content_table(frame: pl.LazyFrame, id_column: str, path: str | Path) -
             path=path,
             hint="keep one row per id (e.g. the latest attributes)",
         )
+    _check_content_finite(frame, schema, path, contract.name)
     return roles
+
+
+def _check_content_finite(frame: pl.LazyFrame, schema: pl.Schema, path: str | Path, table: str) -> None:
+    """NaN/inf in a float content column (or vector) is bad data, not a missing value (null is)."""
+    checks = []
+    for name, dtype in schema.items():
+        if dtype.is_float():
+            values = pl.col(name)
+        elif _is_float_vector(dtype):
+            values = pl.col(name).arr.explode() if isinstance(dtype, pl.Array) else pl.col(name).list.explode()
+        else:
+            continue
+        checks.append((~values.is_finite()).sum().alias(name))
+    if not checks:
+        return
+    counts = frame.select(checks).collect().row(0, named=True)
+    bad = {name: count for name, count in counts.items() if count}
+    if bad:
+        name, count = next(iter(bad.items()))
+        raise BadValues(
+            f"{table} table: column '{name}' has {count} NaN/inf value(s)",
+            path=path,
+            column=None,
+            hint="replace them with null (missing values are allowed) or fix the writer",
+        )
 
 
 def check_id_types_match(left: pl.DataType, right: pl.DataType, column: str, left_path: str | Path, right_path: str | Path) -> None:

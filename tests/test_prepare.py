@@ -301,14 +301,18 @@ def test_counts_in_manifest_add_up(prepared):
         assert extra[f"{name}_positives"] == frame["label"].sum()
 
 
-def test_holdout_is_seeded(small_world, tmp_path):
-    def held(seed: int) -> list:
-        out = tmp_path / f"seed{seed}"
+def test_same_seed_same_files_other_seed_other_holdout(small_world, tmp_path):
+    def run(seed: int, name: str) -> tuple[list, pl.DataFrame]:
+        out = tmp_path / name
         run_prepare(small_world / "exposures", small_world / "clicks", out, PrepareConfig(holdout_items=0.2, seed=seed))
-        return json.loads((out / "manifest.json").read_text())["extra"]["held_out_item_ids"]
+        held = json.loads((out / "manifest.json").read_text())["extra"]["held_out_item_ids"]
+        return held, pl.read_parquet(out / "train.parquet")
 
-    assert held(1) == held(1)
-    assert held(1) != held(2)
+    held_1, train_1 = run(1, "a")
+    held_1_again, train_1_again = run(1, "b")
+    assert held_1 == held_1_again
+    assert train_1.equals(train_1_again)  # same rows in the same order, ties included
+    assert held_1 != run(2, "c")[0]
 
 
 def test_without_holdouts_only_train_and_valid(small_world, tmp_path):

@@ -17,10 +17,10 @@ from safetensors.torch import load_file
 
 from coldrec.cli import main
 from coldrec.config import TrainConfig, load_config
-from coldrec.errors import ConfigError, IncompatibleModel
+from coldrec.errors import ConfigError, IncompatibleModel, UsageError
 from coldrec.model import load_model
 from coldrec.synth import SynthConfig, run_synth, true_affinity
-from coldrec.train import extend_spec, run_train, transfer_weights
+from coldrec.train import default_threads, extend_spec, make_optimizer, run_train, set_threads, transfer_weights
 
 torch.set_num_threads(1)
 FAST = {"training.epochs": 2, "training.batch_size": 256, "model.hidden": [32], "model.dim": 16}
@@ -195,13 +195,50 @@ def test_init_from_keeps_known_rows_and_adds_fresh_ones(tiny, tmp_path):
     assert result.epochs == 1 and len(load_model(tmp_path / "new").spec.user.ids) == len(new_spec.user.ids)
 
 
+# --------------------------------------------------------------------------- speed settings
+
+
+def test_fused_optimizer_makes_the_same_adamw_updates():
+    torch.manual_seed(0)
+    shapes = [(500, 8), (8, 4), (4,)]  # an embedding table, a weight, a bias
+    start = [torch.randn(*shape) for shape in shapes]
+    grads = [[torch.randn(*shape) for shape in shapes] for _ in range(3)]
+    results = []
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = make_optimizer(params, 0.01, 0.1) if fused else torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)
+        assert bool(optimizer.defaults["fused"]) is fused
+        for step in grads:
+            for param, grad in zip(params, step):
+                param.grad = grad.clone()
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for fused, plain in zip(*results):
+        assert torch.allclose(fused, plain, atol=1e-6), (fused - plain).abs().max()
+
+
+def test_threads_default_respects_omp_num_threads(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert default_threads() == 3
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert default_threads() == 1  # independent of load and cores: same seed, same weights
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        assert set_threads(0) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(UsageError):
+            set_threads(-1)
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- CLI
 
 
 def test_cli_end_to_end_json_log_and_exit_codes(tiny, tmp_path, capsys):
     prep, users, items = _args(tiny)
     out = tmp_path / "model"
-    args = ["--log-format", "json", "train", "--samples", str(prep), "--users", str(users), "--items", str(items), "--out", str(out), "--epochs", "2", "--batch-size", "256", "--dim", "16", "--item-dropout", "0.3"]
+    args = ["--log-format", "json", "train", "--samples", str(prep), "--users", str(users), "--items", str(items), "--out", str(out), "--epochs", "2", "--batch-size", "256", "--dim", "16", "--item-dropout", "0.3", "--threads", "1"]
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == 0
@@ -230,9 +267,20 @@ def test_cli_end_to_end_json_log_and_exit_codes(tiny, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict:
-    """600 users x 300 items x 10 days; 20% of the items never appear in training."""
+    """300 users x 100 items x 10 days, 3,000 exposures a day, with point-in-time stats;
+    20% of the items never appear in training (cold).
+
+    Many exposures per entity and the statistics of `coldrec stats` (click rates, audience
+    mixes), so the preference block carries strong signal in training: a model trained
+    without input dropout leans on it, never sees it empty, and serves poor content-only
+    embeddings. That is the DropoutNet case. Without stats the two models are alike on cold
+    items even when ids are well learned (a zero id row is close to the mean learned row):
+    measured 0.12-0.37 vs 0.14-0.37 on five such worlds, so the stats are essential here.
+    """
+    from coldrec.stats import run_stats
+
     root = tmp_path_factory.mktemp("world")
-    run_synth(SynthConfig(users=600, items=300, days=10, exposures_per_day=2500, seed=0), root / "synth")
+    run_synth(SynthConfig(users=300, items=100, days=10, exposures_per_day=3000, seed=0), root / "synth")
     _label(root / "synth", root / "prep", valid_days=2)
     everything = pl.concat([pl.read_parquet(root / "prep/train.parquet"), pl.read_parquet(root / "prep/valid.parquet")])
     item_ids = everything["item_id"].unique().sort().to_numpy()
@@ -240,21 +288,26 @@ def world(tmp_path_factory) -> dict:
     hold = root / "hold"
     hold.mkdir()
     everything.filter(~pl.col("item_id").is_in(sorted(held))).write_parquet(hold / "train.parquet")
+    run_stats(hold, root / "synth/users.parquet", root / "synth/items.parquet", root / "stats")
     user_ids = everything["user_id"].unique().sort().to_list()
+    seed = int(os.environ.get("COLDREC_TEST_SEED", "0"))  # to check other seeds by hand
     models = {}
     for name, rates in {"dropout": {}, "no_dropout": {"model.user_dropout_rate": 0.0, "model.item_dropout_rate": 0.0}}.items():
-        run_train(hold, root / "synth/users.parquet", root / "synth/items.parquet", root / name, overrides={"training.epochs": 6, "training.batch_size": 512, **rates})
+        overrides = {"training.epochs": 6, "training.batch_size": 512, "training.seed": seed, **rates}
+        run_train(hold, root / "synth/users.parquet", root / "synth/items.parquet", root / name, stats=root / "stats", overrides=overrides)
         models[name] = load_model(root / name)
     return {"root": root, "models": models, "cold": sorted(held), "warm": [i for i in item_ids if i not in held], "users": user_ids}
 
 
 def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30) -> float:
-    """Mean over items of |model's top-k users ∩ the true top-k users| / k (chance = k / users)."""
+    """Mean over items of |model's top-k users ∩ the true top-k users| / k (chance = k / users).
+
+    Users (and warm items) are embedded as served: id embedding + latest statistics."""
     root = world["root"]
     users = pl.read_parquet(root / "synth/users.parquet").filter(pl.col("user_id").is_in(world["users"])).sort("user_id")
     items = pl.read_parquet(root / "synth/items.parquet").filter(pl.col("item_id").is_in(item_ids)).sort("item_id")
-    user_vectors, _ = model.embed_users(users)
-    item_vectors, cold_mask = model.embed_items(items, cold=cold)
+    user_vectors, _ = model.embed_users(users, stats=pl.read_parquet(root / "stats/user_stats_latest.parquet"))
+    item_vectors, cold_mask = model.embed_items(items, stats=pl.read_parquet(root / "stats/item_stats_latest.parquet"), cold=cold)
     assert cold_mask.all() == cold
     truth = true_affinity(root / "synth/truth", users["user_id"].to_list(), items["item_id"].to_list())  # (U, I)
     scores = user_vectors @ item_vectors.T  # (U, I)
@@ -266,23 +319,23 @@ def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30) 
 def test_cold_items_rank_their_true_best_users_far_above_chance(world):
     chance = 30 / len(world["users"])
     precision = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True)
-    assert precision > 3 * chance, (precision, chance)  # measured ≈ 0.23 vs chance 0.043
+    print(f"cold precision {precision:.3f}, chance {chance:.3f}")
+    assert precision > 3 * chance, (precision, chance)  # measured 0.36 (seed 0), 0.33 (seed 1) vs chance 0.085
 
 
 def test_warm_quality_is_not_lost_with_dropout(world):
     with_dropout = _best_user_precision(world, world["models"]["dropout"], world["warm"], cold=False)
     without = _best_user_precision(world, world["models"]["no_dropout"], world["warm"], cold=False)
-    assert with_dropout > 0.85 * without, (with_dropout, without)
-    assert with_dropout > 4 * 30 / len(world["users"])
+    print(f"warm precision: dropout {with_dropout:.3f}, no dropout {without:.3f}")
+    assert with_dropout > 0.85 * without, (with_dropout, without)  # measured 0.45 vs 0.39 (seed 0), 0.44 vs 0.43 (seed 2)
+    assert with_dropout > 3 * 30 / len(world["users"])
 
 
-@pytest.mark.xfail(reason="on this synth world content explains most of the planted affinity and the "
-                   "no-dropout model is not hurt on cold items (measured ≈ 0.23 vs 0.24); see the report",
-                   strict=False)
 def test_dropout_beats_no_dropout_on_cold_items(world):
     with_dropout = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True)
     without = _best_user_precision(world, world["models"]["no_dropout"], world["cold"], cold=True)
-    assert with_dropout > 1.10 * without, (with_dropout, without)
+    print(f"cold precision: dropout {with_dropout:.3f}, no dropout {without:.3f}")
+    assert with_dropout > 1.5 * without, (with_dropout, without)  # measured 0.36 vs 0.17, 0.33 vs 0.13, 0.36 vs 0.16 (seeds 0-2)
 
 
 # --------------------------------------------------------------------------- distributed

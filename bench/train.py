@@ -1,13 +1,13 @@
 """Training throughput vs. the compute roofline of the same towers, and peak memory.
 
-    .venv/bin/python bench/train.py [--samples 10000000] [--rounds 20] [--block 10] [--threads 1]
+    .venv/bin/python bench/train.py [--samples 10000000] [--rounds 20] [--block 10] [--threads 1] [--compare-plain]
 
 1. Builds a synthetic world (coldrec.synth), fits and encodes it with the real code, then
    tiles the encoded per-sample index tensors to --samples rows (the memory of a 10M-sample
    encoded dataset is real; only the ids repeat).
 2. "training": the training step exactly as `run_train` does it at default settings
-   (index_select gathers, both towers with input dropout, RetrievalLoss = pointwise +
-   in-batch softmax with log-Q, backward, gradient clipping, fused AdamW).
+   (index_select gathers, both towers with input dropout, RetrievalLoss with the default
+   [loss] section, backward, gradient clipping, fused AdamW).
 3. "roofline": the dense compute of the same towers on random tensors: each tower's MLP
    and linear content skip, fed random (batch, content) and (batch, preference) inputs that
    need gradients (as the looked-up embeddings do), a dot-product loss, backward, AdamW.
@@ -39,7 +39,7 @@ from coldrec.features import EncodedSamples, encode_dataset, fit_spec  # noqa: E
 from coldrec.losses import RetrievalLoss  # noqa: E402
 from coldrec.model import build_model  # noqa: E402
 from coldrec.synth import SynthConfig, run_synth  # noqa: E402
-from coldrec.train import Dist, TrainStep, _item_log_q, make_optimizer, set_threads  # noqa: E402
+from coldrec.train import Dist, TrainStep, _item_log_q, clip_gradients, make_optimizer, set_threads  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -106,7 +106,10 @@ class Training:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         clock.append(time.perf_counter())
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.training.grad_clip, foreach=not self.plain)
+        if self.plain:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.config.training.grad_clip, foreach=False)
+        else:
+            clip_gradients(self.parameters, self.config.training.grad_clip)
         clock.append(time.perf_counter())
         self.optimizer.step()
         clock.append(time.perf_counter())
@@ -185,7 +188,8 @@ def main() -> None:
         runners["plain"] = Training(spec, data, config, plain=True)
     rates = measure(runners, args.rounds, args.block, batch)
     print(f"samples={args.samples:,} batch={batch} threads={threads} steps={args.rounds * args.block} per runner")
-    print(f"training  {rates['training']:12,.0f} samples/s  (default settings: pointwise + in-batch softmax with log-Q)")
+    losses = ", ".join(f"{name} x{getattr(config.loss, name + '_weight')}" for name in ("pointwise", "pairwise", "softmax") if getattr(config.loss, name + "_weight") > 0)
+    print(f"training  {rates['training']:12,.0f} samples/s  (default settings; losses: {losses}, softmax={config.loss.softmax})")
     print(f"roofline  {rates['roofline']:12,.0f} samples/s  (dense tower compute: MLP + content skip, input grads)")
     print(f"mlp-only  {rates['mlp-only']:12,.0f} samples/s  (MLPs alone, frozen inputs)")
     print(f"ratio     {rates['training'] / rates['roofline']:12.2f}  vs roofline (target >= 0.70)")

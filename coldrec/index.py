@@ -654,20 +654,32 @@ class LoadedIndex:
         return out
 
 
-def load_index(index_dir: str | Path, *, attempts: int = 3) -> LoadedIndex:
-    """Open an index directory. Retries if it is swapped while being opened."""
+def load_index(index_dir: str | Path, *, attempts: int = 10) -> LoadedIndex:
+    """Open an index directory. Retries if it is swapped while being opened.
+
+    Every file is opened between two reads of the manifest's build id; a load whose ids,
+    vectors and forest could come from different builds is never returned.
+    """
     directory = Path(index_dir)
     for attempt in range(attempts):
         try:
             loaded = _load_once(directory)
+            # Map the forest now, inside the build check: opened lazily later, it could come
+            # from an index swapped in after the ids and vectors were read (a mixture).
+            loaded.forest()
             again = io.read_manifest(directory)
             if again.get("extra", {}).get("build_id") == loaded.manifest["extra"].get("build_id"):
                 return loaded
-        except (FileNotFoundError, InputNotFound):
+        except (FileNotFoundError, InputNotFound, pl.exceptions.ComputeError):
+            # A file swapped away mid-read; a damaged index fails the same way every time.
             if attempt == attempts - 1:
                 raise
         time.sleep(0.05 * (attempt + 1))
-    return loaded
+    raise IncompatibleModel(
+        f"the index was replaced {attempts} times while being opened",
+        path=directory,
+        hint="retry when the index builds have finished",
+    )
 
 
 def _load_once(directory: Path) -> LoadedIndex:
@@ -693,8 +705,16 @@ def _load_once(directory: Path) -> LoadedIndex:
         if not (directory / name).exists():
             raise InputNotFound(f"index file {name} is missing", path=directory, hint="rebuild the index")
     # mmap_mode="c": pages shared with other readers, private only if written (never).
-    main_vectors = np.load(directory / VECTORS_FILE, mmap_mode="c")
-    ids_frame = pl.read_parquet(directory / IDS_FILE)
+    try:  # allow_pickle stays False: an index is data, never code
+        main_vectors = np.load(directory / VECTORS_FILE, mmap_mode="c", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise IncompatibleModel(
+            f"{VECTORS_FILE} is not a plain float array ({str(error).splitlines()[0] if str(error) else type(error).__name__})",
+            path=directory / VECTORS_FILE,
+            hint="the index is damaged or was not written by coldrec; rebuild it",
+        ) from None
+    with open(directory / IDS_FILE, "rb") as handle:  # one open: polars may reopen a path mid-read
+        ids_frame = pl.read_parquet(handle)
     item_ids, cold = ids_frame["item_id"], ids_frame["cold"].to_numpy().astype(bool)
     first_seen = ids_frame["first_seen"].cast(pl.Date)
     delta_vectors = np.zeros((0, dim), dtype=np.float32)

@@ -144,7 +144,8 @@ class PipelineConfig:
         for section, body in stages.items():
             for key, value in body.items():
                 if value is not None and not isinstance(value, (str, int, float, bool)):
-                    raise ConfigError(f"'{section}.{key}' should be a single value, got {value!r}", path=source)
+                    hint = f'quote it: {key} = "{value}"' if isinstance(value, (dt.date, dt.time)) else "use a string, number or true/false"
+                    raise ConfigError(f"'{section}.{key}' should be a single value, got {value!r}", path=source, hint=hint)
         if stages["train"]["init_from"] not in ("", "previous"):
             raise ConfigError(
                 f"train.init_from must be \"previous\" or \"\", got {stages['train']['init_from']!r}",
@@ -386,6 +387,14 @@ def run_pipeline(
         return PipelineResult(config.root, None, True, outcomes, False, time.perf_counter() - started)
     with _lock(config.root, wait):
         plans = plan(config, from_stage=from_stage, only=only)
+        current = (config.root / "current").resolve() if (config.root / "current").exists() else None
+        if current is not None and all(s.action == "reuse" and s.reuse_from == current / s.name for s in plans):
+            # Nothing changed since the run `current` points at: no new run directory.
+            outcomes = [StageOutcome(s.name, "reuse", s.reason, 0.0) for s in plans]
+            for s in plans:
+                log.event("pipeline.stage", f"pipeline: {s.name} up to date ({s.reason})", stage=s.name, action="reuse", reason=s.reason, seconds=0.0)
+            log.info(f"pipeline: nothing changed since {current.name}; current stays")
+            return PipelineResult(config.root, current, False, outcomes, False, time.perf_counter() - started)
         run_dir = _new_run_dir(config.root)
         outcomes = []
         for stage in plans:

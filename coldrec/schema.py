@@ -365,7 +365,6 @@ def _check_content_finite(frame: pl.LazyFrame, schema: pl.Schema, path: str | Pa
         raise BadValues(
             f"{table} table: column '{name}' has {count} NaN/inf value(s)",
             path=path,
-            column=None,
             hint="replace them with null (missing values are allowed) or fix the writer",
         )
 

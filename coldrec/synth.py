@@ -134,7 +134,7 @@ def _mask_to_lists(mask: np.ndarray, names: list[str]) -> pa.Array:
     """Each row's True columns as a list of names (an Arrow list array, no Python loop)."""
     rows, cols = np.nonzero(mask)  # row-major, so each row's entries are contiguous
     offsets = np.concatenate([[0], np.cumsum(mask.sum(axis=1))]).astype(np.int32)
-    values = pa.array(np.array(names)[cols])
+    values = pa.array(names, type=pa.string()).take(pa.array(cols, type=pa.int32()))
     return pa.ListArray.from_arrays(pa.array(offsets), values)
 
 

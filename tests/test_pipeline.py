@@ -12,6 +12,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -108,16 +109,12 @@ def test_first_run_writes_every_stage_and_points_current(finished):
     assert json.loads((current / "pipeline.json").read_text())["complete"] is True
 
 
-def test_unchanged_rerun_reuses_every_stage_by_hard_link(finished, data, tmp_path):
+def test_unchanged_rerun_writes_no_new_run(finished, data, tmp_path):
     config = copy_root(finished, tmp_path, data)
-    first = (tmp_path / "out" / "current").resolve()
+    before = snapshot(tmp_path / "out")
     result = run_pipeline(config, echo=lambda line: None)
     assert [s.action for s in result.stages] == ["reuse"] * len(STAGES)
-    second = (tmp_path / "out" / "current").resolve()
-    assert second != first and second == result.run_dir
-    for stage in STAGES:  # the same bytes, not a copy: a reused stage costs no disk
-        assert (second / stage / "manifest.json").stat().st_ino == (first / stage / "manifest.json").stat().st_ino
-    assert io.fingerprint(second / "recall") == io.fingerprint(first / "recall")
+    assert not result.current_updated and snapshot(tmp_path / "out") == before
 
 
 def test_changed_input_reruns_only_what_depends_on_it(finished, data, tmp_path):
@@ -163,6 +160,8 @@ def test_dry_run_on_a_fresh_root_creates_nothing(data, tmp_path, run_cli):
         ("[train.modle]\ndim = 4\n", "did you mean 'train.model'"),
         ("[stats]\nprior_strength = 'high'\n", "stats.prior_strength"),
         ("[prepare]\nvalid_fraction = 2.0\n", "--valid-fraction"),
+        ("[prepare]\nstart = 2026-01-02\n", 'quote it: start = "2026-01-02"'),
+        ("[embed]\nbatch_sise = 5\n", "did you mean 'embed.batch_size'"),
     ],
 )
 def test_bad_config_exits_2_with_a_suggestion(data, tmp_path, run_cli, extra, message):
@@ -200,6 +199,10 @@ def test_failed_stage_keeps_current_and_a_rerun_resumes(finished, data, tmp_path
     actions = {s.name: s.action for s in result.stages}
     assert actions == {"prepare": "reuse", "stats": "reuse", "train": "reuse", "embed": "reuse", "index": "run", "recall": "run"}
     assert os.readlink(tmp_path / "out" / "current") != before
+    first = (tmp_path / "out" / before).resolve()
+    for stage in ("prepare", "stats", "train", "embed"):  # reused by hard link: the same bytes, no copy
+        for name in ("manifest.json", *(p.name for p in (first / stage).glob("*.parquet"))):
+            assert (result.run_dir / stage / name).stat().st_ino == (first / stage / name).stat().st_ino
 
 
 def test_from_train_warm_starts_from_the_current_model(finished, data, tmp_path):
@@ -270,7 +273,7 @@ def test_wait_blocks_until_the_other_run_lets_go(finished, data, tmp_path):
         started = time.monotonic()
         result = run_pipeline(config, wait=True, echo=lambda line: None)
         assert holder.wait(timeout=10) == 0  # the holder finished normally: we did not steal its lock
-        assert result.current_updated and time.monotonic() - started > 0.5
+        assert [s.action for s in result.stages] == ["reuse"] * len(STAGES) and time.monotonic() - started > 0.5
     finally:
         holder.kill()
         holder.wait()
@@ -280,8 +283,90 @@ def test_rollback_by_relinking_current(finished, data, tmp_path):
     config = copy_root(finished, tmp_path, data)
     root = tmp_path / "out"
     old = os.readlink(root / "current")
-    run_pipeline(config, echo=lambda line: None)
+    run_pipeline(config, from_stage="recall", echo=lambda line: None)
     assert os.readlink(root / "current") != old
     subprocess.run(["ln", "-sfn", old, str(root / "current")], check=True)  # docs/operations.md
     assert os.readlink(root / "current") == old
     assert (root / "current" / "recall" / "recs.parquet").exists()
+
+
+# --------------------------------------------------------------------------- index swap under recall
+
+
+def _embeddings(path: Path, ids: range, seed: int, dim: int = 8) -> np.ndarray:
+    from coldrec.embed import write_embeddings
+
+    vectors = np.random.default_rng(seed).normal(size=(len(ids), dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    write_embeddings(path, pl.Series("item_id", list(ids), dtype=pl.Int64), vectors, np.zeros(len(ids), bool), model_fingerprint="m")
+    return vectors
+
+
+def test_a_loaded_index_keeps_answering_from_the_old_files_after_a_swap(tmp_path):
+    from coldrec.index import load_index, run_index
+
+    old_ids, new_ids = range(0, 300), range(1000, 1300)
+    _embeddings(tmp_path / "a.parquet", old_ids, seed=1)
+    _embeddings(tmp_path / "b.parquet", new_ids, seed=2)
+    run_index(out=tmp_path / "index", embeddings=tmp_path / "a.parquet", trees=5)
+    reader = load_index(tmp_path / "index")
+    queries = np.random.default_rng(3).normal(size=(20, 8)).astype(np.float32)
+    run_index(out=tmp_path / "index", embeddings=tmp_path / "b.parquet", trees=5)  # swapped in under the reader
+    for searcher in (reader.main_searcher(exact=True), reader.main_searcher(exact=False)):
+        positions, _ = searcher.search(queries, 10)
+        found = set(reader.item_ids.gather(positions.reshape(-1)).to_list())
+        assert found <= set(old_ids)
+    fresh = load_index(tmp_path / "index")
+    positions, _ = fresh.main_searcher(exact=False).search(queries, 10)
+    assert set(fresh.item_ids.gather(positions.reshape(-1)).to_list()) <= set(new_ids)
+
+
+def test_recall_during_repeated_index_swaps_sees_one_whole_index(tmp_path):
+    import threading
+
+    from coldrec.embed import write_embeddings
+    from coldrec.index import run_index
+    from coldrec.recall import run_recall
+
+    sets = {"a": range(0, 200), "b": range(5000, 5200)}
+    vectors = {name: _embeddings(tmp_path / f"{name}.parquet", ids, seed=i) for i, (name, ids) in enumerate(sets.items())}
+    lookup = {}
+    for name, ids in sets.items():
+        lookup.update(dict(zip(ids, vectors[name])))
+    users = np.random.default_rng(9).normal(size=(40, 8)).astype(np.float32)
+    user_ids = [f"u{i}" for i in range(40)]
+    write_embeddings(tmp_path / "users.parquet", pl.Series("user_id", user_ids), users, np.zeros(40, bool), model_fingerprint="m")
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    run_index(out=tmp_path / "index", embeddings=tmp_path / "a.parquet", trees=4)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def swapper() -> None:
+        try:
+            for turn in range(12):
+                run_index(out=tmp_path / "index", embeddings=tmp_path / f"{'ba'[turn % 2]}.parquet", trees=4)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    seen = set()
+    rounds = 0
+    while not stop.is_set() or rounds < 3:
+        out = tmp_path / f"recs{rounds}.parquet"
+        run_recall(index=tmp_path / "index", queries=tmp_path / "users.parquet", out=out, k=5, exact=rounds % 2 == 0, threads=1)
+        recs = pl.read_parquet(out)
+        items = set(recs["item_id"].to_list())
+        owner = [name for name, ids in sets.items() if items <= set(ids)]
+        assert len(owner) == 1, f"round {rounds}: a mixture of two indexes"
+        seen.add(owner[0])
+        # ids and vectors come from the same index: each score is that item's cosine.
+        row_user = {u: users[i] for i, u in enumerate(user_ids)}
+        for user, item, score in recs.select("user_id", "item_id", "score").iter_rows():
+            assert abs(float(row_user[user] @ lookup[item]) - score) < 1e-4, (rounds, user, item, score)
+        rounds += 1
+    thread.join()
+    assert not errors, errors
+    assert rounds >= 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -370,9 +371,18 @@ def test_torchrun_two_cpu_processes_train_and_save_once(tiny, tmp_path):
         "-m", "coldrec", "--log-format", "json", "train", "--samples", str(prep), "--users", str(users), "--items", str(items),
         "--out", str(out), "--epochs", "2", "--batch-size", "128", "--dim", "16", "--device", "cpu",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    epochs = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{") and '"train_epoch"' in line]
+    # A new session, so a hung run is killed with its workers rather than orphaning them.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("torchrun did not finish in 300 s")
+    assert process.returncode == 0, stderr[-3000:]
+    epochs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{") and '"train_epoch"' in line]
     assert len(epochs) == 2 and all("recall@20" in e for e in epochs)  # rank 0 logs and validates
     assert load_model(out).config.training.epochs == 2
     assert sorted(p.name for p in tmp_path.iterdir() if "ddp" in p.name) == [".ddp.lock", "ddp"]

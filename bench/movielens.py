@@ -442,6 +442,8 @@ CANDIDATES.update({
     "r4+lr1e-3": {**_R4, "training.lr": 1e-3},
     "r4+scale30": {**_R4, "loss.scale": 30.0},
     "r4+norm_none": {**_R4, "model.normalisation": "none"},
+    "r4+last_epoch": {**_R4, "training.restore_best": False},
+    "so+last_epoch": {**_SO, "training.patience": 0, "training.restore_best": False},
 })
 
 

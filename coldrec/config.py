@@ -139,6 +139,7 @@ class TrainingConfig:
     patience: int = 0  # epochs without improvement before stopping; 0 disables early stopping
     max_valid_users: int = 20000  # validation users sampled for Recall@K (deterministic)
     exclude_train_positives: bool = True  # in validation, skip items the user clicked in train
+    restore_best: bool = True  # end with the best validation epoch's weights (False: the last epoch's)
 
     def validate(self) -> None:
         _positive(self, "epochs", "batch_size", "recall_k", "max_valid_users", section="training")

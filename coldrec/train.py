@@ -828,7 +828,7 @@ def run_train(
             log.info(f"early stop after epoch {epoch + 1}: no {metric_name} gain in {training.patience} epoch(s)")
             break
 
-    if best_state is not None:
+    if best_state is not None and training.restore_best:
         _load_state_into(step_module, {k: v.to(torch_device) for k, v in best_state.items()})
     final_metrics: dict[str, float] = {}
     if best_epoch:

@@ -215,7 +215,7 @@ def stats(
 ) -> None:
     """Compute point-in-time user and item preference statistics from labelled samples.
 
-    History is train + valid + test_warm (never test_cold_*). The row for (entity, day d) uses
+    History is train + valid (never the test_* files). The row for (entity, day d) uses
     only samples before day d; an entity's first active day has no row. Writes
     user_stats.parquet, item_stats.parquet, user_stats_latest.parquet,
     item_stats_latest.parquet and manifest.json into --out.
@@ -508,10 +508,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as exit_:
         code = exit_.exit_code
     except typer.TyperException as error:  # usage errors: bad or missing options
-        if hasattr(error, "show"):
+        if hasattr(error, "show") and log.settings.format != "json":
             error.show(file=sys.stderr)
         else:
-            log.error(str(error))
+            message = error.format_message() if hasattr(error, "format_message") else str(error)
+            log.error(" ".join(message.split()))
         code = EXIT_BAD_INPUT
     except typer.Abort:
         log.error("aborted")

@@ -15,7 +15,8 @@ and writes (both layouts give the same tables):
   occupation, zip_prefix (first character of the zip code, upper-cased: the US ZIP
   national area digit 0-9, or the province letter of a Canadian postal code).
 - items.parquet: item_id, genres List(String), release_year Float64 (null when unknown),
-  title String (GroupLens titles lose their trailing " (YYYY)" to match RecBole's).
+  release_decade String ("1990s"; null when the year is unknown: a categorical the towers
+  embed, where the standardised year is one linear input), title String (GroupLens titles lose their trailing " (YYYY)" to match RecBole's).
 - manifest.json.
 
 Parsing is vectorised polars over the lines of each file; a malformed line is reported by
@@ -296,6 +297,7 @@ def _items(files: MovielensFiles) -> pl.DataFrame:
         "item_id",
         genres.cast(pl.List(pl.String)).alias("genres"),
         release_year.alias("release_year"),
+        ((release_year // 10 * 10).cast(pl.Int64).cast(pl.String) + "s").alias("release_decade"),
         pl.col("title").str.replace(_TITLE_YEAR, "").alias("title"),
     )
 

@@ -466,6 +466,7 @@ def run_embed(
     out = Path(out)
     if io.is_stdout(out):
         raise UsageError("embed writes Parquet, not stdout", hint="pass --out emb.parquet")
+    io.check_output_file(out)
     if batch_size < 1 or chunk_rows < 1:
         raise UsageError("batch size and chunk rows must be positive", hint="leave the defaults")
     if threads is not None and threads < 1:
@@ -495,4 +496,8 @@ def run_embed(
                 writer.close()
         if writer is None:
             raise EmptyInput(f"{side}s table has no rows", path=path, hint="check the file")
+    if stats is None and not cold and loaded.spec.side(side).stats_columns:
+        # Known ids got all-zero statistics: a train/serve mismatch worth a word.
+        log.warning(f"the model was trained with {side} statistics but no --stats was given; "
+                    f"known {side}s were embedded with zero statistics (pass --stats STATS_DIR)")
     return EmbedResult(out=out, side=side, rows=rows, cold_rows=cold_rows, dim=dim, seconds=time.monotonic() - started)

@@ -26,6 +26,7 @@ Definitions (docs/metrics.md has the full text):
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -39,7 +40,7 @@ import polars as pl
 
 from coldrec import log
 from coldrec.errors import BadValues, DuplicateIds, EmptyInput, InputNotFound, NullValues, UsageError
-from coldrec.io import atomic_file, output_lock, scan_parquet, write_json_atomic
+from coldrec.io import atomic_file, check_output_file, output_lock, scan_parquet, write_json_atomic
 from coldrec.schema import RECS, Column, Kind, TableContract, check_id_types_match, check_schema
 
 DEFAULT_KS: tuple[int, ...] = (20, 100)
@@ -673,6 +674,14 @@ def run_evaluate(
     a metrics JSON file (both atomically). Returns the metrics."""
     cutoffs = parse_ks(ks)
     _check_truth_path(truth)
+    for option, path in (("--report", report), ("--out", out)):
+        if path is not None and str(path) == "-":
+            raise UsageError(f"{option} - is not supported: stdout already gets the table",
+                             hint="use --json for metrics on stdout, or give a file name")
+        if path is not None:
+            check_output_file(path)
+    if report is not None and out is not None and Path(report).resolve() == Path(out).resolve():
+        raise UsageError("--report and --out name the same file", path=out, hint="give them different names")
     recs_frame = load_recs(recs)
     truth_frame = load_samples(truth, "truth")
     train_path = _resolve_train(train) if train is not None else None
@@ -695,14 +704,18 @@ def run_evaluate(
         train_path=str(train_path) if train_path is not None else None,
         **metrics,
     )
-    if report is not None:
-        with output_lock(report, "coldrec evaluate"), atomic_file(report) as temp:
-            temp.write_text(result.to_html(), encoding="utf-8")
-        result.report_path = str(report)
-    if out is not None:
-        with output_lock(out, "coldrec evaluate"):
+    # Take both locks first, so a locked --out never leaves a fresh --report behind.
+    with contextlib.ExitStack() as stack:
+        for path in (report, out):
+            if path is not None:
+                stack.enter_context(output_lock(path, "coldrec evaluate"))
+        if report is not None:
+            with atomic_file(report) as temp:
+                temp.write_text(result.to_html(), encoding="utf-8")
+            result.report_path = str(report)
+        if out is not None:
             write_json_atomic(_finite(result.to_dict()), out)
-        result.out_path = str(out)
+            result.out_path = str(out)
     return result
 
 

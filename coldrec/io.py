@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from coldrec import __version__
-from coldrec.errors import EmptyInput, InputNotFound, NotParquet, OutputLocked
+from coldrec.errors import EmptyInput, InputNotFound, NotParquet, OutputLocked, UsageError
 
 PARQUET_MAGIC = b"PAR1"
 MANIFEST_NAME = "manifest.json"
@@ -177,6 +177,7 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
     If the body raises, the temporary file is removed and `final` is untouched.
     """
     final = Path(final)
+    check_output_file(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_sibling(final, "tmp")
     try:
@@ -236,20 +237,55 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def check_output_dir(final: str | Path, *, replace_foreign: bool = False) -> None:
+    """Refuse an --out directory whose replacement would destroy something not ours.
+
+    A directory output replaces the previous one wholesale, so it must be a coldrec output
+    (it has a manifest.json), empty, or absent; never the working directory or one above it.
+    """
+    final = Path(final)
+    resolved = final.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(
+            "refusing to replace the current directory or one above it",
+            path=final,
+            hint="pass a new or existing coldrec output directory as --out",
+        )
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise UsageError("output exists and is not a directory", path=final, hint="choose another --out")
+    if replace_foreign or (final / MANIFEST_NAME).exists() or not any(final.iterdir()):
+        return
+    raise UsageError(
+        "output directory exists, is not empty and is not a coldrec output (no manifest.json); "
+        "refusing to replace it",
+        path=final,
+        hint="choose a new --out directory, or remove this one yourself",
+    )
+
+
+def check_output_file(final: str | Path) -> None:
+    """Refuse a file output whose final name is an existing directory (before doing work)."""
+    final = Path(final)
+    if final.is_dir():
+        raise UsageError("output is an existing directory, expected a file name", path=final,
+                         hint="pass a file path such as out/recs.parquet")
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
+def atomic_dir(final: str | Path, *, replace_foreign: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `final`; on success swap it into place.
 
     An existing `final` is exchanged atomically (renameat2 on Linux), so a reader sees the
     old directory or the new one, never a mixture, and is then removed. If the body raises,
-    the temporary directory is removed and `final` is untouched.
+    the temporary directory is removed and `final` is untouched. An existing directory that
+    is not a coldrec output is refused (see `check_output_dir`) unless `replace_foreign`.
     """
     final = Path(final)
+    check_output_dir(final, replace_foreign=replace_foreign)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and not final.is_dir():
-        raise InputNotFound(
-            "output exists and is not a directory", path=final, hint="choose another --out"
-        )
     temp = _temp_sibling(final, "tmp")
     temp.mkdir()
     try:

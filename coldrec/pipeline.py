@@ -388,7 +388,10 @@ def run_pipeline(
     with _lock(config.root, wait):
         plans = plan(config, from_stage=from_stage, only=only)
         current = (config.root / "current").resolve() if (config.root / "current").exists() else None
-        if current is not None and all(s.action == "reuse" and s.reuse_from == current / s.name for s in plans):
+        if current is not None and all(
+            s.action == "reuse" and s.reuse_from is not None and Path(s.reuse_from).resolve() == current / s.name
+            for s in plans
+        ):
             # Nothing changed since the run `current` points at: no new run directory.
             outcomes = [StageOutcome(s.name, "reuse", s.reason, 0.0) for s in plans]
             for s in plans:

@@ -387,8 +387,10 @@ def _check_options(k: int, fmt: str | None, out: str | None, user_id: str | None
         raise UsageError(f"--format {fmt} is not one of {', '.join(FORMATS)}", hint="pass --format jsonl")
     if out is None and user_id is None:
         raise UsageError("--out is required (a file, or - for stdout)", hint="pass --out recs.parquet or --out -")
-    if io.is_stdout(out) and fmt == "parquet":
-        raise UsageError("Parquet cannot stream to stdout", hint="pass --format jsonl or csv with --out -")
+    if (out is None or io.is_stdout(out)) and fmt == "parquet":
+        raise UsageError("Parquet cannot stream to stdout", hint="pass --format jsonl or csv, or --out recs.parquet")
+    if out is not None and not io.is_stdout(out):
+        io.check_output_file(out)
     if not 0.0 <= fresh_quota <= 1.0:
         raise UsageError(f"--fresh-quota must be within 0..1, got {fresh_quota}", hint="pass e.g. --fresh-quota 0.1")
     if fresh_days < 1:

@@ -211,6 +211,9 @@ def check_rows(frame: pl.LazyFrame, contract: TableContract, path: str | Path, *
     for column in contract.columns:
         if column.name in schema and column.kind is Kind.NUMERIC and schema[column.name].is_float():
             exprs.append((~pl.col(column.name).is_finite()).sum().alias(f"nonfinite:{column.name}"))
+    if "weight" in schema and any(c.name == "weight" for c in contract.columns) and schema["weight"].is_numeric():
+        # A zero or negative weight would turn a click into a push away from the item.
+        exprs.append((pl.col("weight") <= 0).sum().alias("nonpositive:weight"))
     stats = frame.select(exprs).collect().row(0, named=True)
     rows = int(stats["__rows"])
     if rows == 0:
@@ -230,6 +233,8 @@ def check_rows(frame: pl.LazyFrame, contract: TableContract, path: str | Path, *
     for key, value in stats.items():
         if key.startswith("nonfinite:") and value:
             bad.append(f"column '{key.split(':', 1)[1]}' has {value} NaN/inf value(s)")
+        if key.startswith("nonpositive:") and value:
+            bad.append(f"column '{key.split(':', 1)[1]}' has {value} value(s) <= 0 (weights must be positive)")
     if ts_column and stats.get("ts:max") is not None:
         bad.extend(_timestamp_problems(stats["ts:max"], schema[ts_column], ts_unit))
     if bad:

@@ -6,8 +6,9 @@ of audiences). Every row is point-in-time: the row for (entity, day d) is comput
 from samples with ts before 00:00 UTC of day d, and an entity's first active day has no
 row — it is cold then, exactly as it is at serving time.
 
-History is train.parquet + valid.parquet + test_warm.parquet of a `coldrec prepare`
-output; the test_cold_* files are never read, so held-out entities stay cold.
+History is train.parquet + valid.parquet of a `coldrec prepare` output. The test files are
+never read: test_cold_* so held-out entities stay cold, and test_warm so the serving
+(`*_latest`) statistics used to evaluate on test_warm hold none of its clicks.
 
 The plan reads top to bottom: the samples are aggregated once per (entity, day) (streaming
 group-bys sunk to scratch Parquet), then running sums over the (entity, day) rows sorted by
@@ -52,7 +53,7 @@ from coldrec.schema import (
     ts_to_datetime,
 )
 
-HISTORY_FILES = ("train.parquet", "valid.parquet", "test_warm.parquet")
+HISTORY_FILES = ("train.parquet", "valid.parquet")
 REQUIRED_HISTORY_FILE = "train.parquet"
 DEFAULT_WINDOWS = (1, 7, 30)
 MAX_WINDOW_DAYS = 36_500

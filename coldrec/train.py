@@ -3,7 +3,9 @@
 `run_train` reads prepared samples, content tables and (optionally) statistics, fits a
 FeatureSpec, encodes everything into tensors once, and trains the two-tower model with
 AdamW: shuffled batches by random permutation, a cosine or constant learning rate,
-gradient clipping, early stopping on validation Recall@K (keeping the best weights).
+gradient clipping, early stopping on validation Recall@K (keeping the best weights; with
+training.select_on = "mean_views" the epoch is chosen on Recall@K averaged with its
+content-only item and user views).
 
 Determinism: every epoch reseeds its own generators from (seed, epoch, rank), so the batch
 order, the input-dropout masks and the loss's negatives depend only on those. A checkpoint
@@ -397,26 +399,20 @@ def _long(series: pl.Series) -> Tensor:
 
 
 @torch.no_grad()
-def _embed_rows(model: TwoTower, data: EncodedData, side: str, rows: Tensor, stats_rows: Tensor, device: torch.device, batch: int = 8192) -> Tensor:
+def _embed_rows(model: TwoTower, data: EncodedData, side: str, rows: Tensor, stats_rows: Tensor, device: torch.device, batch: int = 8192, content_only: bool = False) -> Tensor:
+    """(rows, dim) L2-normalised; `content_only` zeroes every row's preference block (cold view)."""
     out = []
     for start in range(0, len(rows), batch):
         r = rows[start : start + batch].to(device)
         s = stats_rows[start : start + batch].to(device)
-        out.append(F.normalize(model.embed(side, data.inputs(side, r, s)), dim=1))  # (batch, dim)
+        inputs = data.inputs(side, r, s)
+        vectors = model.content_view(side, inputs) if content_only else model.embed(side, inputs)
+        out.append(F.normalize(vectors, dim=1))  # (batch, dim)
     return torch.cat(out)
 
 
-@torch.no_grad()
-def evaluate_recall(model: TwoTower, data: EncodedData, valid: ValidationSet, k: int, device: torch.device) -> dict[str, float]:
-    """Recall@K by full ranking over the validation items: overall, warm, cold users, cold items.
-
-    Recall of a user = hits in the top K / that user's positives; averaged over users. The
-    cold-item figure counts only positives on cold items (users with at least one).
-    """
-    was_training = model.training
-    model.eval()
-    users = _embed_rows(model, data, "user", valid.user_rows, valid.user_stats_rows, device)  # (U, dim)
-    items = _embed_rows(model, data, "item", valid.item_rows, valid.item_stats_rows, device)  # (I, dim)
+def _top_k_hits(users: Tensor, items: Tensor, valid: ValidationSet, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per validation user: (hits in the top K, of them on cold items), both (U,)."""
     n_users, n_items = users.shape[0], items.shape[0]
     k_eff = min(k, n_items)
     hits = torch.zeros(n_users, device=device)
@@ -437,6 +433,29 @@ def evaluate_recall(model: TwoTower, data: EncodedData, valid: ValidationSet, k:
         hit = in_top[mine[:, 0] - start, mine[:, 1]].float()  # (P_chunk,)
         hits.index_add_(0, mine[:, 0], hit)
         cold_hits.index_add_(0, mine[:, 0], hit * item_cold[mine[:, 1]].float())
+    return hits, cold_hits
+
+
+@torch.no_grad()
+def evaluate_recall(model: TwoTower, data: EncodedData, valid: ValidationSet, k: int, device: torch.device, views: bool = False) -> dict[str, float]:
+    """Recall@K by full ranking over the validation items: overall, warm, cold users, cold items.
+
+    Recall of a user = hits in the top K / that user's positives; averaged over users. The
+    cold-item figure counts only positives on cold items (users with at least one).
+
+    `views` adds the cold views (training.select_on = "mean_views"): `recall@K_item_view`,
+    the same ranking with every item's preference block zeroed (items as content only, as a
+    new item is served), `recall@K_user_view` likewise for the users, and
+    `recall@K_mean_views`, the mean of recall@K and the two views.
+    """
+    was_training = model.training
+    model.eval()
+    users = _embed_rows(model, data, "user", valid.user_rows, valid.user_stats_rows, device)  # (U, dim)
+    items = _embed_rows(model, data, "item", valid.item_rows, valid.item_stats_rows, device)  # (I, dim)
+    n_users, n_items = users.shape[0], items.shape[0]
+    hits, cold_hits = _top_k_hits(users, items, valid, k, device)  # (U,) each
+    positives = valid.positives.to(device)
+    item_cold = valid.item_cold.to(device)
     n_pos = torch.bincount(positives[:, 0], minlength=n_users).float()
     n_cold_pos = torch.bincount(positives[:, 0], weights=item_cold[positives[:, 1]].float(), minlength=n_users)
     recall = hits / n_pos.clamp(min=1)
@@ -452,6 +471,14 @@ def evaluate_recall(model: TwoTower, data: EncodedData, valid: ValidationSet, k:
     has_cold = n_cold_pos > 0
     if bool(has_cold.any()):
         metrics[f"recall@{k}_cold_items"] = float((cold_hits / n_cold_pos.clamp(min=1))[has_cold].mean())
+    if views:
+        item_view = _embed_rows(model, data, "item", valid.item_rows, valid.item_stats_rows, device, content_only=True)  # (I, dim)
+        user_view = _embed_rows(model, data, "user", valid.user_rows, valid.user_stats_rows, device, content_only=True)  # (U, dim)
+        item_hits, _ = _top_k_hits(users, item_view, valid, k, device)
+        user_hits, _ = _top_k_hits(user_view, items, valid, k, device)
+        metrics[f"recall@{k}_item_view"] = float((item_hits / n_pos.clamp(min=1)).mean())
+        metrics[f"recall@{k}_user_view"] = float((user_hits / n_pos.clamp(min=1)).mean())
+        metrics[f"recall@{k}_mean_views"] = (metrics[f"recall@{k}"] + metrics[f"recall@{k}_item_view"] + metrics[f"recall@{k}_user_view"]) / 3.0
     metrics["valid_users"] = float(n_users)
     metrics["valid_items"] = float(n_items)
     model.train(was_training)
@@ -554,7 +581,7 @@ def _save_checkpoint(directory: Path, step_module: TrainStep, optimizer: torch.o
             else:
                 scalars[f"{index}.{key}"] = value
     meta = {**meta, "optimizer_groups": opt_state["param_groups"], "optimizer_scalars": scalars, "has_best": best_state is not None}
-    with io.atomic_dir(directory) as temp:
+    with io.atomic_dir(directory, replace_foreign=True) as temp:
         save_file(tensors, str(temp / CHECKPOINT_STATE))
         (temp / CHECKPOINT_META).write_text(json.dumps(meta, default=float))
 
@@ -617,6 +644,41 @@ def run_train(
     is called after each epoch's checkpoint (tests use it to interrupt a run). `threads`:
     torch's CPU threads; None leaves them as they are, 0 = `default_threads()`.
     """
+    if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 writes, so only it locks
+        return _run_train(
+            samples_dir, users, items, out, stats=stats, config=config, overrides=overrides, resume=resume,
+            init_from=init_from, device=device, user_vectors=user_vectors, item_vectors=item_vectors,
+            on_epoch_end=on_epoch_end, threads=threads,
+        )
+    # Check and lock the output before hours of training, not after: a second cron run
+    # exits 75 at once and never touches this run's checkpoint.
+    io.check_output_dir(out)
+    with io.output_lock(Path(out), "coldrec train"):
+        return _run_train(
+            samples_dir, users, items, out, stats=stats, config=config, overrides=overrides, resume=resume,
+            init_from=init_from, device=device, user_vectors=user_vectors, item_vectors=item_vectors,
+            on_epoch_end=on_epoch_end, threads=threads,
+        )
+
+
+def _run_train(
+    samples_dir: str | Path,
+    users: str | Path,
+    items: str | Path,
+    out: str | Path,
+    *,
+    stats: str | Path | None = None,
+    config: TrainConfig | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    device: str | None = None,
+    user_vectors: str | Path | None = None,
+    item_vectors: str | Path | None = None,
+    on_epoch_end: Callable[[int, dict], None] | None = None,
+    threads: int | None = None,
+) -> TrainResult:
+    """The body of run_train, without the output lock."""
     started = time.perf_counter()
     if threads is not None:
         set_threads(threads)
@@ -714,13 +776,13 @@ def run_train(
     else:
         steps_per_epoch = max(1, math.ceil(n / per_rank))
     total_steps = steps_per_epoch * training.epochs
-    metric_name = f"recall@{training.recall_k}"
+    metric_name = f"recall@{training.recall_k}" + ("_mean_views" if training.select_on == "mean_views" else "")
 
     history: list[dict] = []
     best_state: dict[str, Tensor] | None = None
     best_metric, best_epoch, bad_epochs, start_epoch = -1.0, 0, 0, 0
     ckpt = checkpoint_dir(out)
-    fingerprint = _run_fingerprint(config, train, valid, init_from)
+    fingerprint = _run_fingerprint(config, train, valid, init_from, inputs=io.input_fingerprints(users=users, items=items, stats=stats))
     if resume:
         if (ckpt / CHECKPOINT_META).exists():
             meta, best_state = _load_checkpoint(ckpt, step_module, optimizer)
@@ -791,7 +853,7 @@ def run_train(
             raise UsageError(f"the loss became {record['loss']} in epoch {epoch + 1}", hint="lower --lr (e.g. by 10x) or enable training.grad_clip")
         improved = False
         if validation is not None:
-            record.update(evaluate_recall(step_module.model, data, validation, training.recall_k, torch_device))
+            record.update(evaluate_recall(step_module.model, data, validation, training.recall_k, torch_device, views=training.select_on == "mean_views"))
             value = record[metric_name]
             if value > best_metric:
                 best_metric, best_epoch, bad_epochs, improved = value, epoch + 1, 0, True
@@ -865,7 +927,8 @@ def _item_log_q(item_rows: Tensor, n_items: int) -> Tensor:
     return torch.log(counts / max(len(item_rows), 1))
 
 
-def _run_fingerprint(config: TrainConfig, train: pl.DataFrame, valid: pl.DataFrame | None, init_from) -> str:
+def _run_fingerprint(config: TrainConfig, train: pl.DataFrame, valid: pl.DataFrame | None, init_from, inputs: dict[str, str] | None = None) -> str:
+    """Identifies a run, so --resume never continues a checkpoint of different inputs."""
     import hashlib
 
     digest = hashlib.sha256(config.to_toml().encode())
@@ -873,16 +936,19 @@ def _run_fingerprint(config: TrainConfig, train: pl.DataFrame, valid: pl.DataFra
     digest.update(str(train.hash_rows().sum()).encode())
     if valid is not None:
         digest.update(str(valid.height).encode())
+        digest.update(str(valid.hash_rows().sum()).encode())
     digest.update(str(init_from).encode())
+    digest.update(json.dumps(inputs or {}, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
 def _log_epoch(record: dict, epochs: int, metric_name: str) -> None:
     parts = [f"loss {record['loss']:.4f}"]
     if metric_name in record:
-        parts.append(f"{metric_name} {record[metric_name]:.4f}")
-        for key in ("warm", "cold_users", "cold_items"):
-            name = f"{metric_name}_{key}"
+        base = metric_name.removesuffix("_mean_views")
+        parts.append(f"{base} {record[base]:.4f}")
+        for key in ("warm", "cold_users", "cold_items", "item_view", "user_view", "mean_views"):
+            name = f"{base}_{key}"
             if name in record:
                 parts.append(f"{key} {record[name]:.4f}")
     parts.append(f"{record['samples_per_s']:,.0f} samples/s")
@@ -896,17 +962,17 @@ def _write_model_dir(out: Path, step_module: TrainStep, spec: FeatureSpec, confi
         "samples_per_s": result.samples_per_s,
         **result.metrics,
     }
-    with io.output_lock(out, "coldrec train"):
-        with io.atomic_dir(out) as temp:
-            write_model_files(temp, spec=spec, config=config, state=model_state(step_module.model, step_module.loss), normalize=normalize, metrics=metrics, train_log=history)
-            io.Manifest(
-                command="train",
-                parameters={"objective": config.training.objective, "seed": config.training.seed, "epochs": config.training.epochs, "init_from": str(init_from) if init_from else None},
-                inputs=io.input_fingerprints(samples=samples_dir, users=users, items=items, stats=stats),
-                row_counts={"train": result.train_samples, "valid": result.valid_samples, "users": len(spec.user.ids), "items": len(spec.item.ids)},
-                extra={"metrics": result.metrics},
-                wall_time_s=round(result.seconds, 3),
-            ).write(temp)
+    # run_train holds the output lock (rank 0) from the start of the run.
+    with io.atomic_dir(out) as temp:
+        write_model_files(temp, spec=spec, config=config, state=model_state(step_module.model, step_module.loss), normalize=normalize, metrics=metrics, train_log=history)
+        io.Manifest(
+            command="train",
+            parameters={"objective": config.training.objective, "seed": config.training.seed, "epochs": config.training.epochs, "init_from": str(init_from) if init_from else None},
+            inputs=io.input_fingerprints(samples=samples_dir, users=users, items=items, stats=stats),
+            row_counts={"train": result.train_samples, "valid": result.valid_samples, "users": len(spec.user.ids), "items": len(spec.item.ids)},
+            extra={"metrics": result.metrics},
+            wall_time_s=round(result.seconds, 3),
+        ).write(temp)
 
 
 __all__ = ["TrainResult", "run_train", "evaluate_recall", "load_model", "LoadedModel", "with_day"]

@@ -81,6 +81,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(corpus, name, tmp_pa
         out = work / "out"
         out.mkdir()
         (out / "previous.txt").write_text("the previous output\n")
+        (out / "manifest.json").write_text('{"command": "an earlier run"}\n')  # a coldrec output
     elif case["output"] == "file":
         out = work / "out.parquet"
         out.write_bytes(b"the previous output")

@@ -106,12 +106,12 @@ def test_conversion_exact_values(layout: str, tmp_path: Path) -> None:
     ]
     items = pl.read_parquet(out / "items.parquet")
     assert items.schema == pl.Schema(
-        {"item_id": pl.Int64, "genres": pl.List(pl.String), "release_year": pl.Float64, "title": pl.String}
+        {"item_id": pl.Int64, "genres": pl.List(pl.String), "release_year": pl.Float64, "release_decade": pl.String, "title": pl.String}
     )
     assert items.rows() == [
-        (10, ["Animation", "Children's", "Comedy"], 1995.0, "Toy Story"),
-        (20, ["Drama", "Musical"], 1995.0, "Misérables, Les"),
-        (30, ["unknown"], None, "unknown"),
+        (10, ["Animation", "Children's", "Comedy"], 1995.0, "1990s", "Toy Story"),
+        (20, ["Drama", "Musical"], 1995.0, "1990s", "Misérables, Les"),
+        (30, ["unknown"], None, None, "unknown"),
     ]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "coldrec datasets movielens"
@@ -133,8 +133,8 @@ def test_recbole_quirks_unknown_year_and_year_in_title(tmp_path: Path) -> None:
     inter.write_text(inter.read_text() + "40\tLand Before Time III: The Time of the Great Giving (1995)\tV\tAnimation\n")
     run_movielens(source, tmp_path / "out")
     items = {row[0]: row for row in pl.read_parquet(tmp_path / "out" / "items.parquet").rows()}
-    assert items[30][2] is None
-    assert items[40][2] == 1995.0 and items[40][3] == "Land Before Time III: The Time of the Great Giving"
+    assert items[30][2] is None and items[30][3] is None
+    assert items[40][2] == 1995.0 and items[40][3] == "1990s" and items[40][4] == "Land Before Time III: The Time of the Great Giving"
 
 
 def test_click_threshold_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

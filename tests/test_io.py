@@ -89,6 +89,7 @@ def test_atomic_dir_replaces_whole_directory(tmp_path):
     with io.atomic_dir(final) as temp:
         (temp / "a.txt").write_text("old")
         (temp / "stale.txt").write_text("old")
+        (temp / "manifest.json").write_text("{}")
     with io.atomic_dir(final) as temp:
         (temp / "a.txt").write_text("new")
     assert sorted(p.name for p in final.iterdir()) == ["a.txt"]
@@ -100,6 +101,7 @@ def test_atomic_dir_failure_keeps_old_directory(tmp_path):
     final = tmp_path / "out"
     with io.atomic_dir(final) as temp:
         (temp / "a.txt").write_text("old")
+        (temp / "manifest.json").write_text("{}")
     with pytest.raises(ValueError):
         with io.atomic_dir(final) as temp:
             (temp / "a.txt").write_text("half")
@@ -112,6 +114,7 @@ def test_open_reader_survives_swap(tmp_path):
     final = tmp_path / "out"
     with io.atomic_dir(final) as temp:
         (temp / "data.txt").write_text("old contents")
+        (temp / "manifest.json").write_text("{}")
     handle = open(final / "data.txt")
     with io.atomic_dir(final) as temp:
         (temp / "data.txt").write_text("new contents")
@@ -181,3 +184,69 @@ def test_lock_is_released_when_holder_is_killed(tmp_path):
     holder.join(10)
     with io.output_lock(out, "after kill -9"):
         pass
+
+
+def test_unreadable_file_even_as_root(tmp_path, monkeypatch, run_cli):
+    """Root reads anything, so simulate the kernel's EACCES where coldrec opens the file."""
+    import builtins
+
+    path = _write(tmp_path / "e.parquet")
+    real_open = builtins.open
+
+    def denying_open(file, *args, **kwargs):
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", denying_open)
+    with pytest.raises(InputNotFound, match="permission denied"):
+        io.scan_parquet(path)
+    code, _, err = run_cli("prepare", "--exposures", path, "--clicks", path, "--out", tmp_path / "out")
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "permission denied" in err and str(path) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_atomic_dir_refuses_a_foreign_non_empty_directory(tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    from coldrec.errors import UsageError
+
+    with pytest.raises(UsageError, match="not a coldrec output"):
+        with io.atomic_dir(precious) as temp:
+            (temp / "a.txt").write_text("x")
+    assert (precious / "notes.txt").read_text() == "important"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with io.atomic_dir(empty) as temp:  # an empty directory is fine
+        (temp / "a.txt").write_text("x")
+    assert (empty / "a.txt").exists()
+
+
+def test_the_working_directory_is_never_an_output(tmp_path, monkeypatch):
+    from coldrec.errors import UsageError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="current directory"):
+        io.check_output_dir(".")
+    with pytest.raises(UsageError, match="current directory"):
+        io.check_output_dir("..")
+
+
+def test_file_output_naming_a_directory_is_refused(tmp_path):
+    from coldrec.errors import UsageError
+
+    with pytest.raises(UsageError, match="existing directory"):
+        with io.atomic_file(tmp_path):
+            pass
+
+
+def test_cli_refuses_to_replace_a_foreign_directory(tmp_path, run_cli):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    code, _, err = run_cli("synth", "--out", precious, "--users", "20", "--items", "10", "--days", "2",
+                           "--exposures-per-day", "50")
+    assert code == 2 and "not a coldrec output" in err
+    assert [p.name for p in precious.iterdir()] == ["notes.txt"]

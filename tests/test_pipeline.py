@@ -265,7 +265,7 @@ def test_second_pipeline_on_a_locked_root_exits_75_untouched(finished, data, tmp
 def test_wait_blocks_until_the_other_run_lets_go(finished, data, tmp_path):
     config = copy_root(finished, tmp_path, data)
     root = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), "2"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), "6"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputLocked):

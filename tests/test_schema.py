@@ -141,3 +141,9 @@ def test_id_types_must_match():
     with pytest.raises(WrongDtype, match="never re-typed"):
         schema.check_id_types_match(pl.Int64, pl.String, "user_id", "a.parquet", "b.parquet")
     schema.check_id_types_match(pl.Int32, pl.Int64, "user_id", "a.parquet", "b.parquet")
+
+
+def test_non_positive_weights_are_refused():
+    frame = pl.DataFrame({"user_id": ["a", "b"], "item_id": [1, 2], "ts": [1, 2], "weight": [1.0, -1.0]})
+    with pytest.raises(BadValues, match="1 value\\(s\\) <= 0"):
+        schema.check_rows(frame.lazy(), schema.CLICKS, "c.parquet")

@@ -367,23 +367,23 @@ def test_randomized_invariant_on_a_larger_history():
 # --------------------------------------------------------------------------- inputs and options
 
 
-def test_history_is_train_valid_and_test_warm_never_cold(tmp_path):
+def test_history_is_train_and_valid_never_test(tmp_path):
     extra = {
         "valid.parquet": samples_frame([("u1", 1, at(12), 1)]),
-        "test_warm.parquet": samples_frame([("u1", 2, at(14), 0)]),
+        "test_warm.parquet": samples_frame([("u1", 2, at(14), 0), ("u1", 2, at(15), 1)]),
         "test_cold_item.parquet": samples_frame([("u1", 77, at(13), 1), ("u1", 77, at(15), 1)]),
         "test_cold_user.parquet": samples_frame([("cold", 1, at(13), 1), ("cold", 1, at(15), 1)]),
     }
     result, frames = run_world(write_world(tmp_path, extra=extra))
     users = frames["user_stats"]
-    assert set(users["day"].filter(users["user_id"] == "u1")) == {day(3), day(10), day(12), day(14)}
+    assert set(users["day"].filter(users["user_id"] == "u1")) == {day(3), day(10), day(12)}
     assert "cold" not in frames["user_stats_latest"]["user_id"].to_list()
     assert 77 not in frames["item_stats_latest"]["item_id"].to_list()
-    u1_day14 = row(users, "user_id", "u1", when=day(14))
-    assert u1_day14["exposures_all"] == 6  # 5 train + 1 valid; cold clicks on day 13 unseen
-    assert result.samples_read == 9 and result.as_of == day(15)
+    latest = row(frames["user_stats_latest"], "user_id", "u1")
+    assert latest["exposures_all"] == 6  # 5 train + 1 valid; no test_warm or cold rows
+    assert result.samples_read == 8 and result.as_of == day(13)
     manifest = json.loads((tmp_path / "stats" / "manifest.json").read_text())
-    assert manifest["extra"]["history_files"] == ["train.parquet", "valid.parquet", "test_warm.parquet"]
+    assert manifest["extra"]["history_files"] == ["train.parquet", "valid.parquet"]
 
 
 def test_default_category_columns_are_string_columns_capped_by_frequency(tmp_path):

@@ -419,9 +419,53 @@ def inbatch_softmax_loss(
         positive = positive - item_log_q[anchors].to(positive.dtype)
         offset = -pool_log_q.to(pool.dtype)[None, :]  # (1, pool)
     offset = torch.where(masked, _masked_logit(pool.dtype), offset)  # (A, pool)
-    negative = torch.addmm(offset, anchor_user, pool.T, alpha=scale)  # (A, pool)
-    per_anchor = torch.logaddexp(positive, torch.logsumexp(negative, dim=1)) - positive  # (A,)
+    per_anchor = _InbatchCrossEntropy.apply(anchor_user, pool, positive, offset, scale)  # (A,)
     return _weighted_mean(per_anchor, weight[anchors] if weight is not None else None)
+
+
+class _InbatchCrossEntropy(torch.autograd.Function):
+    """logaddexp(positive, logsumexp(offset + scale * anchor_user @ pool.T, 1)) - positive.
+
+    The same maths as the autograd of those ops, with one pass of exp() over the (A, pool)
+    logits instead of two (logsumexp's forward and its backward): the forward keeps the
+    shifted exponentials, and the backward is softmax * grad from them, with no sub/exp/mul
+    pass over the (A, pool) matrix. (A,).
+    """
+
+    @staticmethod
+    def forward(ctx, anchor_user: Tensor, pool: Tensor, positive: Tensor, offset: Tensor,
+                scale: float) -> Tensor:
+        logits = torch.addmm(offset, anchor_user, pool.T, alpha=scale)  # (A, pool)
+        top_negative = logits.amax(dim=1)  # (A,)
+        top = torch.maximum(top_negative, positive)  # (A,)
+        negative_exp = logits.sub_(top[:, None]).exp_()  # (A, pool), in place
+        negative_sum = negative_exp.sum(dim=1)  # (A,)
+        positive_exp = (positive - top).exp()  # (A,)
+        total = negative_sum + positive_exp  # (A,)
+        # log1p where the positive leads (a small loss keeps its precision), as logaddexp does
+        per_anchor = torch.where(positive >= top_negative, torch.log1p(negative_sum),
+                                 top - positive + total.log())  # (A,)
+        ctx.save_for_backward(anchor_user, pool, negative_exp, positive_exp, total)
+        ctx.scale = scale
+        return per_anchor
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        anchor_user, pool, negative_exp, positive_exp, total = ctx.saved_tensors
+        share = grad / total  # (A,)
+        grad_user = grad_pool = grad_positive = grad_offset = None
+        if ctx.needs_input_grad[3]:
+            grad_offset = negative_exp * share[:, None]  # (A, pool)
+        # d/d(u_a . pool_c) = scale * share_a * negative_exp[a, c]; the per-anchor factor is
+        # applied to the (A, dim) operand or result, not to the (A, pool) matrix
+        row_factor = (share * ctx.scale)[:, None]  # (A, 1)
+        if ctx.needs_input_grad[0]:
+            grad_user = negative_exp.mm(pool) * row_factor  # (A, dim)
+        if ctx.needs_input_grad[1]:
+            grad_pool = negative_exp.T.mm(anchor_user * row_factor)  # (pool, dim)
+        if ctx.needs_input_grad[2]:
+            grad_positive = share * positive_exp - grad  # (A,)
+        return grad_user, grad_pool, grad_positive, grad_offset, None
 
 
 def _masked_logit(dtype: torch.dtype) -> float:

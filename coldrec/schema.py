@@ -366,9 +366,9 @@ def _check_content_finite(frame: pl.LazyFrame, schema: pl.Schema, path: str | Pa
     counts = frame.select(checks).collect().row(0, named=True)
     bad = {name: count for name, count in counts.items() if count}
     if bad:
-        name, count = next(iter(bad.items()))
+        problems = "; ".join(f"column '{name}' has {count} NaN/inf value(s)" for name, count in bad.items())
         raise BadValues(
-            f"{table} table: column '{name}' has {count} NaN/inf value(s)",
+            f"{table} table: {problems}",
             path=path,
             hint="replace them with null (missing values are allowed) or fix the writer",
         )

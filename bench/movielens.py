@@ -457,6 +457,9 @@ CANDIDATES.update({
     "r4+mean_views": {**_R4, "training.select_on": "mean_views"},
     "r4+recall": {**_R4, "training.select_on": "recall"},
 })
+# Round 6: quantile-bucket embeddings of the numeric content columns (age, release year), on
+# top of the round-5 defaults (= r4+mean_views, on items with release_decade).
+CANDIDATES["buckets10"] = {**_R4, "training.select_on": "mean_views", "features.numeric_buckets": 10}
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

@@ -43,6 +43,9 @@ class FeaturesConfig:
     max_bag_size: int = 32  # multi-hot lists and text token bags are truncated to this many
     text_buckets: int = 4096  # hash buckets of a `text` column's token bag
     log1p_columns: list[str] = field(default_factory=list)  # numeric content columns to log1p
+    # > 0: every numeric content column ALSO gets an embedding of its quantile bucket (this many
+    # buckets, boundaries fitted on the training content; nulls have their own bucket). 0 = off.
+    numeric_buckets: int = 0
     stats_log1p: bool = True  # log1p every non-negative stats column before standardising
     # Role overrides by column name ("title") or qualified ("items.title"):
     # categorical | multi_hot | numeric | vector | text | ignore.
@@ -50,6 +53,8 @@ class FeaturesConfig:
 
     def validate(self) -> None:
         _positive(self, "id_min_count", "vocab_min_count", "max_bag_size", "text_buckets", section="features")
+        if self.numeric_buckets < 0:
+            raise ConfigError(f"features.numeric_buckets must be >= 0, got {self.numeric_buckets}", hint="use 0 (off) or a bucket count such as 10")
         for column, role in self.roles.items():
             if role not in ROLES:
                 raise ConfigError(

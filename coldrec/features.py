@@ -10,6 +10,10 @@ Index conventions of every vocabulary (categorical, multi-hot, hashed text):
 0 = nothing (null value or bag padding; zero vector, excluded from bag means),
 1 = out of vocabulary (a value rarer than `vocab_min_count` or unseen in train),
 2.. = the vocabulary in order.
+A numeric column's quantile bucket (`features.numeric_buckets` > 0) is one more categorical
+column internally (role "numeric_bucket"): 1 = null / non-finite (the null bucket, a
+learned row), 2.. = the buckets in order; values beyond the fitted range clamp to the first
+or last bucket.
 
 Encoding happens once: an `EntityTable` per side holds every user's (item's) content
 tensors, a stats table holds every (id, day) statistics row used, and `EncodedSamples` holds
@@ -48,7 +52,7 @@ class ColumnSpec:
     """One content column and what it was fitted to."""
 
     name: str
-    role: str  # categorical | multi_hot | numeric | vector | text
+    role: str  # categorical | multi_hot | numeric | vector | text | numeric_bucket
     vocab: list[str] = field(default_factory=list)  # categorical / multi_hot: index = position + 2
     buckets: int = 0  # text: hash buckets (index = crc32 % buckets + 2)
     bag_size: int = 0  # multi_hot / text: padded length
@@ -56,12 +60,15 @@ class ColumnSpec:
     mean: float = 0.0  # numeric: of the (log1p'd) value
     std: float = 1.0
     log1p: bool = False
+    boundaries: list[float] = field(default_factory=list)  # numeric_bucket: ascending inner quantiles
 
     @property
     def cardinality(self) -> int:
         """Embedding rows needed (categorical, multi-hot, text)."""
         if self.role == "text":
             return self.buckets + FIRST
+        if self.role == "numeric_bucket":
+            return len(self.boundaries) + 1 + FIRST
         return len(self.vocab) + FIRST
 
 
@@ -187,6 +194,7 @@ def _check_role_dtype(role: str, dtype: pl.DataType, table: str, column: str, pa
         "text": dtype == pl.String or isinstance(dtype, pl.Categorical),
         "multi_hot": isinstance(dtype, pl.List) and content_role(dtype) is Role.MULTI_HOT,
         "numeric": dtype.is_numeric() or dtype == pl.Boolean,
+        "numeric_bucket": dtype.is_numeric() or dtype == pl.Boolean,
         "vector": content_role(dtype) is Role.VECTOR,
     }[role]
     if not ok:
@@ -227,6 +235,29 @@ def fit_column(table: pl.DataFrame, name: str, role: str, config: FeaturesConfig
     elif role == "vector":
         spec.length = _vector_length(column)
     return spec
+
+
+def fit_buckets(column: pl.Series, name: str, buckets: int) -> ColumnSpec:
+    """Quantile buckets of a numeric column: `buckets - 1` inner quantiles of the finite
+    non-null values (linear interpolation), duplicates merged, so at most `buckets` buckets."""
+    values = column.cast(pl.Float64).drop_nulls().to_numpy()
+    values = values[np.isfinite(values)]
+    boundaries: list[float] = []
+    if len(values) and buckets > 1:
+        quantiles = np.quantile(values, np.linspace(0.0, 1.0, buckets + 1)[1:-1])
+        boundaries = [float(b) for b in np.unique(quantiles)]
+    return ColumnSpec(name=name, role="numeric_bucket", boundaries=boundaries)
+
+
+def bucket_indices(values: pl.Series, boundaries: list[float]) -> np.ndarray:
+    """(n,) int64 bucket index: FIRST + number of boundaries <= value; null / non-finite -> OOV
+    (the null bucket). Values outside the fitted range clamp to the first / last bucket."""
+    raw = values.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+    missing = ~np.isfinite(raw)
+    raw[missing] = 0.0
+    index = np.searchsorted(np.asarray(boundaries, dtype=np.float64), raw, side="right").astype(np.int64) + FIRST
+    index[missing] = OOV
+    return index
 
 
 def _bag_size(lengths: pl.Series, cap: int) -> int:
@@ -287,8 +318,14 @@ def fit_entity(
     # Content is fitted on the entities the training samples show, so a value seen only on
     # a held-out cold entity is OOV, not an untrained embedding row.
     seen = content.join(train.select(id_column).unique(), on=id_column, how="semi")
-    for name, role in column_roles(content, id_column, config, content_path).items():
+    roles = column_roles(content, id_column, config, content_path)
+    for name, role in roles.items():
         spec.columns.append(fit_column(seen, name, role, config, table_name))
+    if config.numeric_buckets > 0:
+        # Appended after every other column, so the other columns keep their col{i} keys.
+        for name, role in roles.items():
+            if role == "numeric":
+                spec.columns.append(fit_buckets(seen[name], name, config.numeric_buckets))
     if stats is not None:
         used = train.select(id_column, "day").unique()
         spec.stats_columns, spec.stats_mean, spec.stats_std, spec.stats_log1p = fit_stats(stats, id_column, used, config)
@@ -374,6 +411,8 @@ def encode_content(spec: EntitySpec, table: pl.DataFrame, path: str | Path) -> d
         values = table[column.name]
         if column.role == "categorical":
             out[f"col{i}"] = torch.from_numpy(_lookup_vocab(values.cast(pl.String), column.vocab))
+        elif column.role == "numeric_bucket":
+            out[f"col{i}"] = torch.from_numpy(bucket_indices(values, column.boundaries))
         elif column.role == "multi_hot":
             exploded = values.list.head(column.bag_size)
             out[f"col{i}"] = torch.from_numpy(_pad_bags(exploded, lambda s: _lookup_vocab(s, column.vocab), column.bag_size))

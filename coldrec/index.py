@@ -314,6 +314,24 @@ def _first_seen_lookup(out: Path) -> pl.DataFrame | None:
         return None  # an index of another id type: nothing to carry over
 
 
+def _date_new_items(ids: pl.Series, first_seen: pl.Series, references: list[Path], today: dt.date) -> pl.Series:
+    """first_seen, with `today` for the items that no reference index holds (new since then)."""
+    known_ids = []
+    for reference in references:
+        for file in (reference / IDS_FILE, reference / DELTA_DIR / DELTA_FILE):
+            if file.exists():
+                known_ids.append(pl.read_parquet(file, columns=["item_id"])["item_id"])
+    try:
+        is_new = ~ids.is_in(pl.concat(known_ids).implode()) if known_ids else pl.Series([True] * len(ids))
+    except pl.exceptions.PolarsError:
+        return first_seen  # a reference of another id type: nothing to compare with
+    frame = pl.DataFrame({"first_seen": first_seen, "new": is_new})
+    return frame.select(
+        pl.when(pl.col("first_seen").is_null() & pl.col("new")).then(pl.lit(today)).otherwise(pl.col("first_seen"))
+        .cast(pl.Date).alias("first_seen")
+    )["first_seen"]
+
+
 def _fill_first_seen(ids: pl.Series, first_seen: pl.Series | None, known: pl.DataFrame | None) -> pl.Series:
     base = first_seen if first_seen is not None else pl.Series("first_seen", [None] * len(ids), dtype=pl.Date)
     if known is None or known.schema["item_id"] != ids.dtype:
@@ -365,12 +383,18 @@ def build_index(
     fold_delta: bool = True,
     seed: int = 0,
     threads: int = -1,
+    previous: str | Path | None = None,
+    today: dt.date | None = None,
 ) -> IndexResult:
     """Build an index directory from an item embeddings file, atomically.
 
     An existing index at `out_dir` keeps serving until the new one is swapped in. Its delta
     items (from `add_to_index`) that the new embeddings lack are folded into the new forest
     when `fold_delta` and the model fingerprints agree; first-seen days carry over.
+    `previous` names an older index elsewhere (the pipeline's last run) whose first-seen
+    days carry over too. Given a reference index (`previous`, or one already at `out_dir`),
+    items it does not know are new since then: their first-seen day is `today` (UTC), so
+    `recall --fresh-quota` can find them; a first-ever build leaves first-seen unknown.
     `on_disk_build` builds the forest in the output file instead of RAM (huge catalogues).
     """
     started = time.monotonic()
@@ -387,11 +411,15 @@ def build_index(
         _refuse_foreign_directory(out)
         ids, vectors, cold = embeddings.ids, embeddings.vectors, embeddings.cold
         folded = 0
-        known = _first_seen_lookup(out) if _existing_index(out) else None
+        references = [p for p in (out, Path(previous) if previous is not None else None) if p is not None and _existing_index(p)]
+        lookups = [frame for frame in (_first_seen_lookup(p) for p in references) if frame is not None]
+        known = pl.concat(lookups).group_by("item_id").agg(pl.col("first_seen").min()) if lookups else None
         if fold_delta and _existing_index(out):
             ids, vectors, cold, first_seen, folded = _fold_delta(out, embeddings, known)
         else:
             first_seen = _fill_first_seen(ids, embeddings.first_seen, known)
+        if references:
+            first_seen = _date_new_items(ids, first_seen, references, today or dt.datetime.now(dt.timezone.utc).date())
         with io.atomic_dir(out) as temp:
             _write_forest(temp, vectors, trees=trees, on_disk_build=on_disk_build, seed=seed, threads=threads)
             np.save(temp / VECTORS_FILE, vectors)
@@ -758,6 +786,7 @@ def run_index(
     trees: int = DEFAULT_TREES,
     on_disk_build: bool = False,
     fold_delta: bool = True,
+    previous: str | Path | None = None,
 ) -> IndexResult:
     """The `coldrec index` command: build from --embeddings, or add --add items to the delta."""
     if (embeddings is None) == (add is None):
@@ -767,5 +796,5 @@ def run_index(
         )
     if add is not None:
         return add_to_index(add, out)
-    return build_index(embeddings, out, trees=trees, on_disk_build=on_disk_build, fold_delta=fold_delta)
+    return build_index(embeddings, out, trees=trees, on_disk_build=on_disk_build, fold_delta=fold_delta, previous=previous)
 

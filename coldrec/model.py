@@ -2,7 +2,8 @@
 
 Each tower reads two blocks:
 - content: one embedding (bag) per categorical / multi-hot / text column, one linear map for
-  the numeric block (value + missing flag per column) and one per dense vector column;
+  the numeric block (value + missing flag per column) and one per dense vector column (with
+  `features.numeric_buckets`, also one embedding per numeric column's quantile bucket);
 - preference: the id embedding (row 0, the cold slot, is fixed at zero) ⊕ the standardised
   point-in-time statistics (zeros when there are none).
 Their concatenation goes through an MLP to a `dim`-wide vector that is L2-normalised, so the
@@ -55,7 +56,7 @@ class Tower(nn.Module):
         self.encoders = nn.ModuleDict()
         for index, column in enumerate(spec.columns):
             key = f"col{index}"
-            if column.role == "categorical":
+            if column.role in ("categorical", "numeric_bucket"):
                 self.encoders[key] = _embedding(column.cardinality, width)
             elif column.role in ("multi_hot", "text"):
                 self.encoders[key] = _embedding_bag(column.cardinality, width)

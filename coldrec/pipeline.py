@@ -597,7 +597,14 @@ def _run_embed(config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
 def _run_index(config: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     from coldrec.index import run_index
 
-    result = run_index(out=run_dir / "index", embeddings=run_dir / "embed" / "items.parquet", trees=config.stages["index"]["trees"])
+    # The last run's index carries first-seen days over, so --fresh-quota sees new items.
+    previous = config.root / "current" / "index"
+    result = run_index(
+        out=run_dir / "index",
+        embeddings=run_dir / "embed" / "items.parquet",
+        trees=config.stages["index"]["trees"],
+        previous=previous if previous.exists() else None,
+    )
     return result.fields()
 
 

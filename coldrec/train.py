@@ -509,6 +509,8 @@ def extend_spec(old: FeatureSpec, new: FeatureSpec) -> FeatureSpec:
                 column.bag_size = max(column.bag_size, previous.bag_size)
             elif column.role == "numeric":
                 column.mean, column.std, column.log1p = previous.mean, previous.std, previous.log1p
+            elif column.role == "numeric_bucket":
+                column.boundaries = list(previous.boundaries)
             elif column.role == "text":
                 column.buckets = previous.buckets
                 column.bag_size = max(column.bag_size, previous.bag_size)

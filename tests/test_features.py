@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from coldrec.config import FeaturesConfig
-from coldrec.errors import MissingColumn, WrongDtype
+from coldrec.errors import ConfigError, MissingColumn, WrongDtype
 from coldrec.features import (
     FeatureSpec,
     encode_content,
@@ -99,6 +99,40 @@ def test_numeric_log1p_option():
     assert age.log1p and age.mean == pytest.approx(expected.mean())
     value = encode_content(spec.user, _users(), "users")["num"][0, 0].item()
     assert value == pytest.approx((np.log1p(20.0) - expected.mean()) / expected.std(), rel=1e-5)
+
+
+def test_numeric_quantile_buckets_exact_boundaries_null_bucket_and_clamping(tmp_path):
+    # Ten train users with ages 1..10 plus one with a null age; "zz" is not a train user, so
+    # its age (1000) does not move the fitted boundaries.
+    ids = [f"u{i}" for i in range(11)]
+    users = pl.DataFrame({"user_id": ids + ["zz"], "age": [float(a) for a in range(1, 11)] + [None, 1000.0]})
+    items = pl.DataFrame({"item_id": [1], "category": ["books"]})
+    train = pl.DataFrame({"user_id": ids, "item_id": [1] * 11, "ts": [T0] * 11, "label": pl.Series([1] * 11, dtype=pl.Int8)})
+    assert fit_spec(train, users, items, FeaturesConfig()).user.columns == fit_spec(train, users, items, FeaturesConfig(numeric_buckets=0)).user.columns
+    spec = fit_spec(train, users, items, FeaturesConfig(numeric_buckets=4))
+    roles = [(c.name, c.role) for c in spec.user.columns]
+    assert roles == [("age", "numeric"), ("age", "numeric_bucket")]  # the numeric block is kept
+    bucket = spec.user.columns[1]
+    # Quartiles of 1..10 with linear interpolation: positions 2.25, 4.5, 6.75 -> 3.25, 5.5, 7.75.
+    assert bucket.boundaries == pytest.approx([3.25, 5.5, 7.75])
+    assert bucket.cardinality == 2 + 4  # PAD, null bucket, 4 buckets
+    assert spec.user.input_keys() == ["col1", "num"]
+    probe = users.head(0).vstack(pl.DataFrame({"user_id": ["p"] * 9, "age": [1.0, 3.25, 3.3, 5.5, 7.0, 7.75, 10.0, None, -50.0]}))
+    index = encode_content(spec.user, probe, "users")["col1"]
+    # 2.. = buckets (a value equal to a boundary goes up), null -> 1 (its own bucket),
+    # unseen values beyond the fitted range clamp to the first / last bucket.
+    assert index.tolist() == [2, 3, 3, 4, 4, 5, 5, 1, 2]
+    assert encode_content(spec.user, users, "users")["col1"].tolist() == [2, 2, 2, 3, 3, 4, 4, 5, 5, 5, 1, 5]
+    # Ties merge: a constant column keeps one boundary (below / at-or-above the constant).
+    flat = fit_spec(train, users.with_columns(pl.lit(7.0).alias("age")), items, FeaturesConfig(numeric_buckets=10))
+    assert flat.user.columns[1].boundaries == [7.0] and flat.user.columns[1].cardinality == 4
+    # Saved in spec.json (no pickle) and encoded identically after loading.
+    spec.save(tmp_path / "spec.json")
+    again = FeatureSpec.load(tmp_path / "spec.json")
+    assert again == spec
+    assert torch.equal(encode_content(again.user, probe, "users")["col1"], index)
+    with pytest.raises(ConfigError):
+        FeaturesConfig(numeric_buckets=-1).validate()
 
 
 def test_dense_vectors_and_hashed_text():

@@ -339,3 +339,31 @@ def test_cli_defaults_match_the_library():
     assert defaults[("index", "trees")] == index_mod.DEFAULT_TREES
     assert defaults[("recall", "k")] == recall.DEFAULT_K
     assert defaults[("recall", "fresh_days")] == recall.DEFAULT_FRESH_DAYS
+
+
+def test_rebuild_dates_items_new_since_the_reference_index(tmp_path):
+    """Items unknown to a reference index get today's first-seen day; known ones keep theirs."""
+    import datetime as dt
+
+    import numpy as np
+    import polars as pl
+
+    from coldrec.embed import write_embeddings
+    from coldrec.index import build_index
+
+    rng = np.random.default_rng(0)
+
+    def embeddings(path, ids):
+        vectors = rng.normal(size=(len(ids), 8)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        write_embeddings(path, pl.Series("item_id", ids), vectors, np.zeros(len(ids), bool), model_fingerprint="m")
+        return path
+
+    first = build_index(embeddings(tmp_path / "a.parquet", [1, 2, 3]), tmp_path / "old", trees=2)
+    assert first.count == 3
+    assert pl.read_parquet(tmp_path / "old" / "ids.parquet")["first_seen"].null_count() == 3  # first build: unknown
+    today = dt.date(2026, 3, 1)
+    build_index(embeddings(tmp_path / "b.parquet", [1, 2, 3, 4]), tmp_path / "new", trees=2,
+                previous=tmp_path / "old", today=today)
+    ids = pl.read_parquet(tmp_path / "new" / "ids.parquet").sort("item_id")
+    assert ids["first_seen"].to_list() == [None, None, None, today]

@@ -945,25 +945,17 @@ def render_html(result: EvaluateResult) -> str:
         _html_table(*_overall_rows(result)),
     ]
     plots = [_svg_line_chart("Recall@k", result.curve_k, result.curve_recall, ks)]
-    if result.item_buckets is not None:
-        parts += ["<h2>By item popularity in train</h2>", _html_table(*_item_rows(result))]
-        categories = [row["bucket"] for row in result.item_buckets]
+    breakdowns = (
+        ("By item popularity in train", "Recall by item bucket", result.item_buckets, _item_rows),
+        ("By user activity in train", "Recall by user bucket", result.user_buckets, _user_rows),
+    )
+    for heading, chart_title, buckets, table_rows in breakdowns:
+        if buckets is None:
+            continue
+        parts += [f"<h2>{heading}</h2>", _html_table(*table_rows(result))]
+        categories = [row["bucket"] for row in buckets]
         plots.append(
-            _svg_bar_chart(
-                "Recall by item bucket",
-                categories,
-                {f"recall@{k}": [row[f"recall@{k}"] for row in result.item_buckets] for k in ks},
-            )
-        )
-    if result.user_buckets is not None:
-        parts += ["<h2>By user activity in train</h2>", _html_table(*_user_rows(result))]
-        categories = [row["bucket"] for row in result.user_buckets]
-        plots.append(
-            _svg_bar_chart(
-                "Recall by user bucket",
-                categories,
-                {f"recall@{k}": [row[f"recall@{k}"] for row in result.user_buckets] for k in ks},
-            )
+            _svg_bar_chart(chart_title, categories, {f"recall@{k}": [row[f"recall@{k}"] for row in buckets] for k in ks})
         )
     parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]
     parts += [

@@ -20,6 +20,7 @@ Rank 0 validates, checkpoints and writes the model directory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -646,16 +647,14 @@ def run_train(
     is called after each epoch's checkpoint (tests use it to interrupt a run). `threads`:
     torch's CPU threads; None leaves them as they are, 0 = `default_threads()`.
     """
-    if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 writes, so only it locks
-        return _run_train(
-            samples_dir, users, items, out, stats=stats, config=config, overrides=overrides, resume=resume,
-            init_from=init_from, device=device, user_vectors=user_vectors, item_vectors=item_vectors,
-            on_epoch_end=on_epoch_end, threads=threads,
-        )
     # Check and lock the output before hours of training, not after: a second cron run
-    # exits 75 at once and never touches this run's checkpoint.
-    io.check_output_dir(out)
-    with io.output_lock(Path(out), "coldrec train"):
+    # exits 75 at once and never touches this run's checkpoint. Under torchrun only rank 0
+    # writes, so only it locks.
+    lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if os.environ.get("RANK", "0") == "0":
+        io.check_output_dir(out)
+        lock = io.output_lock(Path(out), "coldrec train")
+    with lock:
         return _run_train(
             samples_dir, users, items, out, stats=stats, config=config, overrides=overrides, resume=resume,
             init_from=init_from, device=device, user_vectors=user_vectors, item_vectors=item_vectors,

@@ -21,6 +21,26 @@ def small_world(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_labelled(tmp_path_factory) -> Path:
+    """A tiny synthetic world (`synth/`) and its exposures labelled every third row, split at
+    the last day into `train.parquet` and `valid.parquet` (training tests that need no prepare)."""
+    import polars as pl
+
+    from coldrec.synth import SynthConfig, run_synth
+
+    root = tmp_path_factory.mktemp("tiny_labelled")
+    run_synth(SynthConfig(users=60, items=30, days=4, exposures_per_day=300, seed=5), root / "synth")
+    exposures = pl.scan_parquet(str(root / "synth/exposures/**/*.parquet")).select("user_id", "item_id", "ts").collect()
+    samples = exposures.with_columns(
+        (pl.int_range(pl.len()) % 3 == 0).cast(pl.Int8).alias("label"), pl.lit(1.0, dtype=pl.Float32).alias("weight")
+    ).sort("ts")
+    cut = samples["ts"].max().date()
+    samples.filter(pl.col("ts").dt.date() < cut).write_parquet(root / "train.parquet")
+    samples.filter(pl.col("ts").dt.date() >= cut).write_parquet(root / "valid.parquet")
+    return root
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run `coldrec ARGS` in-process; returns (exit code, stdout, stderr)."""

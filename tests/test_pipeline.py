@@ -16,7 +16,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from coldrec import io
 from coldrec.errors import ConfigError, OutputLocked, UsageError
 from coldrec.pipeline import STAGES, PipelineConfig, plan, run_pipeline
 

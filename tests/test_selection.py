@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import polars as pl
 import pytest
@@ -13,7 +14,6 @@ from coldrec.config import load_config
 from coldrec.errors import ConfigError
 from coldrec.features import encode_dataset, fit_spec
 from coldrec.model import build_model
-from coldrec.synth import SynthConfig, run_synth
 from coldrec.train import build_validation, evaluate_recall, run_train
 
 torch.set_num_threads(1)
@@ -21,18 +21,13 @@ FAST = {"training.epochs": 4, "training.batch_size": 128, "model.hidden": [16], 
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_labelled):
     root = tmp_path_factory.mktemp("selection")
-    run_synth(SynthConfig(users=60, items=30, days=4, exposures_per_day=300, seed=5), root / "synth")
-    exposures = pl.scan_parquet(str(root / "synth/exposures/**/*.parquet")).select("user_id", "item_id", "ts").collect()
-    samples = exposures.with_columns(
-        (pl.int_range(pl.len()) % 3 == 0).cast(pl.Int8).alias("label"), pl.lit(1.0, dtype=pl.Float32).alias("weight")
-    ).sort("ts")
-    cut = samples["ts"].max().date()
+    (root / "synth").symlink_to(tiny_labelled / "synth")
     prep = root / "prep"
     prep.mkdir()
-    samples.filter(pl.col("ts").dt.date() < cut).write_parquet(prep / "train.parquet")
-    samples.filter(pl.col("ts").dt.date() >= cut).write_parquet(prep / "valid.parquet")
+    for split in ("train.parquet", "valid.parquet"):
+        shutil.copy(tiny_labelled / split, prep / split)
     return root
 
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import shutil
 
-import polars as pl
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from coldrec.synth import SynthConfig, run_synth
 from coldrec.train import run_train
 
 torch.set_num_threads(1)
@@ -17,19 +15,14 @@ FAST = {"training.epochs": 4, "training.batch_size": 128, "model.hidden": [16], 
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, tiny_labelled):
     root = tmp_path_factory.mktemp("restore")
-    run_synth(SynthConfig(users=60, items=30, days=4, exposures_per_day=300, seed=5), root / "synth")
-    exposures = pl.scan_parquet(str(root / "synth/exposures/**/*.parquet")).select("user_id", "item_id", "ts").collect()
-    samples = exposures.with_columns(
-        (pl.int_range(pl.len()) % 3 == 0).cast(pl.Int8).alias("label"), pl.lit(1.0, dtype=pl.Float32).alias("weight")
-    ).sort("ts")
-    cut = samples["ts"].max().date()
+    (root / "synth").symlink_to(tiny_labelled / "synth")
     with_valid, train_only = root / "with_valid", root / "train_only"
     for directory in (with_valid, train_only):
         directory.mkdir()
-        samples.filter(pl.col("ts").dt.date() < cut).write_parquet(directory / "train.parquet")
-    samples.filter(pl.col("ts").dt.date() >= cut).write_parquet(with_valid / "valid.parquet")
+        shutil.copy(tiny_labelled / "train.parquet", directory / "train.parquet")
+    shutil.copy(tiny_labelled / "valid.parquet", with_valid / "valid.parquet")
     return root
 
 
@@ -43,7 +36,7 @@ def _train(world, samples, out, **overrides):
 
 def test_restore_best_false_keeps_the_last_epoch(world, tmp_path):
     last = _train(world, "with_valid", tmp_path / "last", **{"training.restore_best": False})
-    plain = _train(world, "train_only", tmp_path / "plain")  # no validation: always the last epoch
+    _train(world, "train_only", tmp_path / "plain")  # no validation: always the last epoch
     assert last.epochs == 4
     a, b = _weights(tmp_path / "last"), _weights(tmp_path / "plain")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

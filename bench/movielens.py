@@ -460,6 +460,24 @@ CANDIDATES.update({
 # Round 6: quantile-bucket embeddings of the numeric content columns (age, release year), on
 # top of the round-5 defaults (= r4+mean_views, on items with release_decade).
 CANDIDATES["buckets10"] = {**_R4, "training.select_on": "mean_views", "features.numeric_buckets": 10}
+# Round 7: optimisation and capacity, one change each on top of the round-5 defaults (MovieLens
+# train is ~50k samples: 10 epochs at batch 1024 are only ~500 steps).
+_R5 = {**_R4, "training.select_on": "mean_views"}
+CANDIDATES.update({
+    "r5+bs512": {**_R5, "training.batch_size": 512},
+    "r5+bs256": {**_R5, "training.batch_size": 256},
+    "r5+wd0.1": {**_R5, "training.weight_decay": 0.1},
+    "r5+wd1": {**_R5, "training.weight_decay": 1.0},
+    "r5+id16": {**_R5, "model.id_dim": 16},
+    "r5+emb16": {**_R5, "model.embedding_dim": 16},
+    "r5+hidden128": {**_R5, "model.hidden": [128]},
+    "r5+dim128": {**_R5, "model.dim": 128},
+    "r5+mlpdrop0.2": {**_R5, "model.mlp_dropout": 0.2},
+    "r5+dim128+id16": {**_R5, "model.dim": 128, "model.id_dim": 16},
+    "r5+id8": {**_R5, "model.id_dim": 8},
+    "r5+id16+emb16": {**_R5, "model.id_dim": 16, "model.embedding_dim": 16},
+    "r5": dict(_R5),  # the defaults of rounds 5-7, spelled out
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

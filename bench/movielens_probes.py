@@ -1,0 +1,92 @@
+"""Serving-side probes on MovieLens-100K validation splits (never the outer test files).
+
+    .venv/bin/python bench/movielens_probes.py ensemble --first-seed 0 --seeds 1 --models 3
+    .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
+
+For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
+S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
+S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
+
+- `ensemble`: each model alone, and the mean of the first k models' scores (k = 1..models);
+  with unit vectors this is one model serving the concatenated vectors scaled by 1/sqrt(k).
+- `views`: each model served with user = normalise(full + b_u x content-only view) and
+  item = normalise(full + b_i x content-only view), for b_u in {0, 0.5, 1}, b_i in {0, 0.5}.
+
+These answer "would a serving-side change help?" before any of them is built into coldrec;
+docs/benchmarks.md (selection log, round 7) has the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import movielens as ml  # noqa: E402
+
+from coldrec.model import load_model  # noqa: E402
+from coldrec.train import run_train, set_threads  # noqa: E402
+
+
+def line(seed: int, label: str, metrics: dict) -> None:
+    print(f"seed {seed} {label}: " + " ".join(f"{s} {metrics[s]['recall@20']:.4f}/{metrics[s]['ndcg@20']:.4f}" for s in ml.SCENARIOS), flush=True)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe", choices=("ensemble", "views"))
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--models", type=int, default=3)
+    parser.add_argument("--movielens", help="as in bench/movielens.py")
+    args = parser.parse_args()
+    set_threads(1)
+    data = ml.ensure_movielens(args.movielens)
+    users, items = ml.content_tables(data)
+    user_index = {u: r for r, u in enumerate(users["user_id"].to_list())}
+    item_index = {i: r for r, i in enumerate(items["item_id"].to_list())}
+    with tempfile.TemporaryDirectory(prefix="coldrec-probes-") as tmp:
+        work = Path(tmp)
+        users.write_parquet(work / "users.parquet")
+        items.write_parquet(work / "items.parquet")
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            outer, _ = ml.prepare_split(data, work / f"s{seed}" / "prep", seed)
+            split, _ = ml.prepare_split(ml.inner_logs(outer, work / f"s{seed}" / "logs"), work / f"s{seed}" / "inner", seed + 1000)
+            vectors = []
+            for k in range(args.models):
+                out = work / f"s{seed}" / f"model{k}"
+                run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides={"training.seed": seed + 100 * k})
+                model = load_model(out)
+                views = {
+                    "user": (model.embed_users(users)[0], model.embed_users(users, cold=True)[0]),
+                    "item": (model.embed_items(items)[0], model.embed_items(items, cold=True)[0]),
+                }
+                vectors.append(views)
+
+                def scorer(U, V):
+                    return lambda us, cs: U[[user_index[int(x)] for x in us]] @ V[[item_index[int(x)] for x in cs]].T
+
+                if args.probe == "ensemble":
+                    line(seed, f"model {k}", ml.evaluate_all(split, scorer(views["user"][0], views["item"][0])))
+                    U = np.concatenate([v["user"][0] for v in vectors], axis=1) / np.sqrt(k + 1)
+                    V = np.concatenate([v["item"][0] for v in vectors], axis=1) / np.sqrt(k + 1)
+                    line(seed, f"ensemble of {k + 1}", ml.evaluate_all(split, scorer(U, V)))
+                else:
+                    (uf, uc), (vf, vc) = views["user"], views["item"]
+                    for bu in (0.0, 0.5, 1.0):
+                        for bi in (0.0, 0.5):
+                            line(seed, f"model {k} user+{bu}xcontent item+{bi}xcontent", ml.evaluate_all(split, scorer(unit(uf + bu * uc), unit(vf + bi * vc))))
+
+
+if __name__ == "__main__":
+    main()

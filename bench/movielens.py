@@ -298,8 +298,12 @@ def lightfm(split: Split, users: pl.DataFrame, items: pl.DataFrame, peer: Path, 
     return scorer, float(result["seconds"])
 
 
-def coldrec_model(split: Split, users: pl.DataFrame, items: pl.DataFrame, work: Path, *, seed: int, overrides: dict[str, Any] | None = None, stats: bool = False) -> tuple[Scorer, dict[str, float]]:
-    """Train with the defaults (+ overrides: selection only), embed every user and item."""
+def coldrec_model(split: Split, users: pl.DataFrame, items: pl.DataFrame, work: Path, *, seed: int, overrides: dict[str, Any] | None = None, stats: bool | str = False) -> tuple[Scorer, dict[str, float]]:
+    """Train with the defaults (+ overrides: selection only), embed every user and item.
+
+    `stats`: False, True (both sides) or "user" (user statistics only: the item tables are
+    removed, so `coldrec train` trains and serves without item statistics).
+    """
     from coldrec.model import load_model
     from coldrec.train import run_train
 
@@ -320,6 +324,9 @@ def coldrec_model(split: Split, users: pl.DataFrame, items: pl.DataFrame, work: 
             (history / f"{name}.parquet").symlink_to(split.dir / f"{name}.parquet")
         stats_dir = work / "stats"
         run_stats(history, users_path, items_path, stats_dir)
+        if stats == "user":
+            for path in stats_dir.glob("item_stats*.parquet"):
+                path.unlink()
         times["stats"] = time.perf_counter() - started
     started = time.perf_counter()
     run_train(split.dir, users_path, items_path, work / "model", stats=stats_dir, overrides={"training.seed": seed, **(overrides or {})})
@@ -327,7 +334,7 @@ def coldrec_model(split: Split, users: pl.DataFrame, items: pl.DataFrame, work: 
     started = time.perf_counter()
     model = load_model(work / "model")
     user_stats = pl.read_parquet(stats_dir / "user_stats_latest.parquet") if stats_dir else None
-    item_stats = pl.read_parquet(stats_dir / "item_stats_latest.parquet") if stats_dir else None
+    item_stats = pl.read_parquet(stats_dir / "item_stats_latest.parquet") if stats_dir and stats != "user" else None
     user_vecs, _ = model.embed_users(users, stats=user_stats)
     item_vecs, _ = model.embed_items(items, stats=item_stats)
     u_index = {u: r for r, u in enumerate(users["user_id"].to_list())}
@@ -477,6 +484,9 @@ CANDIDATES.update({
     "r5+id8": {**_R5, "model.id_dim": 8},
     "r5+id16+emb16": {**_R5, "model.id_dim": 16, "model.embedding_dim": 16},
     "r5": dict(_R5),  # the defaults of rounds 5-7, spelled out
+    "r5+user_stats": {**_R5, "stats": "user"},
+    "r5+year_category": {**_R5, "year_category": True},
+    "r5+no_year_numeric": {**_R5, "features.roles": {"items.release_year": "ignore"}},
 })
 
 
@@ -536,10 +546,13 @@ def run_select(args, data: Path, peer: Path, work: Path) -> None:
         split, _ = prepare_split(logs, seed_dir / "inner", seed + 1000)
         for name in names:
             overrides = dict(CANDIDATES[name])
-            stats = bool(overrides.pop("stats", False))
+            stats = overrides.pop("stats", False)
+            candidate_items = items
+            if overrides.pop("year_category", False):  # the release year also as a category, as LightFM sees it
+                candidate_items = items.with_columns(pl.col("release_year").cast(pl.Int64).cast(pl.String).alias("release_year_category"))
             run_dir = seed_dir / name
             run_dir.mkdir()
-            scorer, times = coldrec_model(split, users, items, run_dir, seed=seed, overrides=overrides, stats=stats)
+            scorer, times = coldrec_model(split, users, candidate_items, run_dir, seed=seed, overrides=overrides, stats=stats)
             results[name].append({"metrics": evaluate_all(split, scorer), "train_s": times["train"]})
             m = results[name][-1]["metrics"]
             say(f"select seed {seed} {name}: " + " ".join(f"{s} {m[s]['recall@20']:.4f}/{m[s]['ndcg@20']:.4f}" for s in SCENARIOS) + f" ({times['train']:.1f}s)")

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/movielens_probes.py ensemble --first-seed 0 --seeds 1 --models 3
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
+    .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -11,6 +12,9 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
   with unit vectors this is one model serving the concatenated vectors scaled by 1/sqrt(k).
 - `views`: each model served with user = normalise(full + b_u x content-only view) and
   item = normalise(full + b_i x content-only view), for b_u in {0, 0.5, 1}, b_i in {0, 0.5}.
+- `neighbours`: items without a train sample (the held-out ones) served as normalise(content
+  view + b x mean full vector of their k nearest warm items, nearest by the cosine of the
+  content views), for k in {10, 50} and b in {0.5, 1, 2}; warm items and users as usual.
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
 docs/benchmarks.md (selection log, round 7) has the figures.
@@ -35,7 +39,7 @@ from coldrec.train import run_train, set_threads  # noqa: E402
 
 
 def line(seed: int, label: str, metrics: dict) -> None:
-    print(f"seed {seed} {label}: " + " ".join(f"{s} {metrics[s]['recall@20']:.4f}/{metrics[s]['ndcg@20']:.4f}" for s in ml.SCENARIOS), flush=True)
+    print(f"seed {seed} {label}: " + " ".join(f"{s} {metrics[s]['recall@20']:.4f}/{metrics[s]['ndcg@20']:.4f}" for s in ml.SCENARIOS if s in metrics), flush=True)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -44,7 +48,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -81,6 +85,19 @@ def main() -> None:
                     U = np.concatenate([v["user"][0] for v in vectors], axis=1) / np.sqrt(k + 1)
                     V = np.concatenate([v["item"][0] for v in vectors], axis=1) / np.sqrt(k + 1)
                     line(seed, f"ensemble of {k + 1}", ml.evaluate_all(split, scorer(U, V)))
+                elif args.probe == "neighbours":
+                    (uf, _), (vf, vc) = views["user"], views["item"]
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf)))
+                    warm = np.array([item_index[int(i)] for i in split.warm_items])
+                    cold = np.setdiff1d(np.arange(len(item_index)), warm)
+                    similarity = vc[cold] @ vc[warm].T  # (cold, warm)
+                    for n in (10, 50):
+                        nearest = np.argpartition(-similarity, n - 1, axis=1)[:, :n]  # (cold, n)
+                        neighbour_mean = vf[warm][nearest].mean(axis=1)  # (cold, dim)
+                        for b in (0.5, 1.0, 2.0):
+                            V = vf.copy()
+                            V[cold] = unit(vc[cold] + b * neighbour_mean)
+                            line(seed, f"model {k} cold items + {b} x mean of {n} nearest warm", ml.evaluate_all(split, scorer(uf, V), ("cold_item",)))
                 else:
                     (uf, uc), (vf, vc) = views["user"], views["item"]
                     for bu in (0.0, 0.5, 1.0):

@@ -467,8 +467,10 @@ CANDIDATES.update({
 # Round 6: quantile-bucket embeddings of the numeric content columns (age, release year), on
 # top of the round-5 defaults (= r4+mean_views, on items with release_decade).
 CANDIDATES["buckets10"] = {**_R4, "training.select_on": "mean_views", "features.numeric_buckets": 10}
-# Round 7: optimisation and capacity, one change each on top of the round-5 defaults (MovieLens
-# train is ~50k samples: 10 epochs at batch 1024 are only ~500 steps).
+# Round 7: optimisation, capacity, content and statistics, one change each on top of the round-5
+# defaults (MovieLens train is ~50k samples: 10 epochs at batch 1024 are only ~500 steps).
+# "stats": "user" trains with user statistics only; "year_category" adds the release year as a
+# String column (selection only: the converter does not write it).
 _R5 = {**_R4, "training.select_on": "mean_views"}
 CANDIDATES.update({
     "r5+bs512": {**_R5, "training.batch_size": 512},

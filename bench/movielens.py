@@ -489,6 +489,9 @@ CANDIDATES.update({
     "r5+user_stats": {**_R5, "stats": "user"},
     "r5+year_category": {**_R5, "year_category": True},
     "r5+no_year_numeric": {**_R5, "features.roles": {"items.release_year": "ignore"}},
+    "r5+stats": {**_R5, "stats": True},
+    "r5+stats+item_drop0.7": {**_R5, "stats": True, "model.item_dropout_rate": 0.7},
+    "r5+stats+aux0.5": {**_R5, "stats": True, "model.content_aux_weight": 0.5},
 })
 
 

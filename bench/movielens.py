@@ -492,6 +492,9 @@ CANDIDATES.update({
     "r5+stats": {**_R5, "stats": True},
     "r5+stats+item_drop0.7": {**_R5, "stats": True, "model.item_dropout_rate": 0.7},
     "r5+stats+aux0.5": {**_R5, "stats": True, "model.content_aux_weight": 0.5},
+    "r5+lr6e-3": {**_R5, "training.lr": 6e-3},
+    "r5+gelu": {**_R5, "model.activation": "gelu"},
+    "r5+drop0.6": {**_R5, "model.user_dropout_rate": 0.6, "model.item_dropout_rate": 0.6},
 })
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -623,6 +624,26 @@ def _load_state_into(step_module: TrainStep, state: dict[str, Tensor]) -> None:
 # --------------------------------------------------------------------------- run_train
 
 
+def _locked_output(train: Callable[..., TrainResult]) -> Callable[..., TrainResult]:
+    """Check and lock `out` before the run, not after hours of training.
+
+    A second cron run exits 75 at once and never touches this run's checkpoint. Under
+    torchrun only rank 0 writes, so only it checks and locks.
+    """
+
+    @functools.wraps(train)
+    def locked(samples_dir, users, items, out, **options) -> TrainResult:
+        lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if os.environ.get("RANK", "0") == "0":
+            io.check_output_dir(out)
+            lock = io.output_lock(Path(out), "coldrec train")
+        with lock:
+            return train(samples_dir, users, items, out, **options)
+
+    return locked
+
+
+@_locked_output
 def run_train(
     samples_dir: str | Path,
     users: str | Path,
@@ -647,39 +668,6 @@ def run_train(
     is called after each epoch's checkpoint (tests use it to interrupt a run). `threads`:
     torch's CPU threads; None leaves them as they are, 0 = `default_threads()`.
     """
-    # Check and lock the output before hours of training, not after: a second cron run
-    # exits 75 at once and never touches this run's checkpoint. Under torchrun only rank 0
-    # writes, so only it locks.
-    lock: contextlib.AbstractContextManager = contextlib.nullcontext()
-    if os.environ.get("RANK", "0") == "0":
-        io.check_output_dir(out)
-        lock = io.output_lock(Path(out), "coldrec train")
-    with lock:
-        return _run_train(
-            samples_dir, users, items, out, stats=stats, config=config, overrides=overrides, resume=resume,
-            init_from=init_from, device=device, user_vectors=user_vectors, item_vectors=item_vectors,
-            on_epoch_end=on_epoch_end, threads=threads,
-        )
-
-
-def _run_train(
-    samples_dir: str | Path,
-    users: str | Path,
-    items: str | Path,
-    out: str | Path,
-    *,
-    stats: str | Path | None = None,
-    config: TrainConfig | str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    device: str | None = None,
-    user_vectors: str | Path | None = None,
-    item_vectors: str | Path | None = None,
-    on_epoch_end: Callable[[int, dict], None] | None = None,
-    threads: int | None = None,
-) -> TrainResult:
-    """The body of run_train, without the output lock."""
     started = time.perf_counter()
     if threads is not None:
         set_threads(threads)

@@ -337,14 +337,20 @@ def coldrec_model(split: Split, users: pl.DataFrame, items: pl.DataFrame, work: 
     item_stats = pl.read_parquet(stats_dir / "item_stats_latest.parquet") if stats_dir and stats != "user" else None
     user_vecs, _ = model.embed_users(users, stats=user_stats)
     item_vecs, _ = model.embed_items(items, stats=item_stats)
+    scorer = vector_scorer(users, items)(user_vecs, item_vecs)
+    times["embed"] = time.perf_counter() - started
+    return scorer, times
+
+
+def vector_scorer(users: pl.DataFrame, items: pl.DataFrame) -> Callable[[np.ndarray, np.ndarray], Scorer]:
+    """(U, V) -> a Scorer of dot products, U and V holding one row per user / item in table order."""
     u_index = {u: r for r, u in enumerate(users["user_id"].to_list())}
     i_index = {i: r for r, i in enumerate(items["item_id"].to_list())}
-    times["embed"] = time.perf_counter() - started
 
-    def scorer(us: np.ndarray, cands: np.ndarray) -> np.ndarray:
-        return user_vecs[[u_index[int(x)] for x in us]] @ item_vecs[[i_index[int(x)] for x in cands]].T
+    def make(user_vecs: np.ndarray, item_vecs: np.ndarray) -> Scorer:
+        return lambda us, cands: user_vecs[[u_index[int(x)] for x in us]] @ item_vecs[[i_index[int(x)] for x in cands]].T
 
-    return scorer, times
+    return make
 
 
 # --------------------------------------------------------------------------- tables

@@ -57,8 +57,8 @@ def main() -> None:
     set_threads(1)
     data = ml.ensure_movielens(args.movielens)
     users, items = ml.content_tables(data)
-    user_index = {u: r for r, u in enumerate(users["user_id"].to_list())}
-    item_index = {i: r for r, i in enumerate(items["item_id"].to_list())}
+    item_index = {i: r for r, i in enumerate(items["item_id"].to_list())}  # the neighbours probe's warm/cold rows
+    scorer = ml.vector_scorer(users, items)
     with tempfile.TemporaryDirectory(prefix="coldrec-probes-") as tmp:
         work = Path(tmp)
         users.write_parquet(work / "users.parquet")
@@ -76,10 +76,6 @@ def main() -> None:
                     "item": (model.embed_items(items)[0], model.embed_items(items, cold=True)[0]),
                 }
                 vectors.append(views)
-
-                def scorer(U, V):
-                    return lambda us, cs: U[[user_index[int(x)] for x in us]] @ V[[item_index[int(x)] for x in cs]].T
-
                 if args.probe == "ensemble":
                     line(seed, f"model {k}", ml.evaluate_all(split, scorer(views["user"][0], views["item"][0])))
                     U = np.concatenate([v["user"][0] for v in vectors], axis=1) / np.sqrt(k + 1)

@@ -502,6 +502,19 @@ CANDIDATES.update({
     "r5+gelu": {**_R5, "model.activation": "gelu"},
     "r5+drop0.6": {**_R5, "model.user_dropout_rate": 0.6, "model.item_dropout_rate": 0.6},
 })
+# Round 8: the user's click profile over item content values (model.user_profile), the
+# explicit form of the content-profile scorer that lifted cold items when mixed in (see docs).
+CANDIDATES.update({
+    "r5+profile": {**_R5, "model.user_profile": True},
+    "r5+profile_s20": {**_R5, "model.user_profile": True, "model.profile_smoothing": 20.0},
+    "r5+item_profile": {**_R5, "model.item_profile": True},
+    "r5+profiles": {**_R5, "model.user_profile": True, "model.item_profile": True},
+    "r5+profiles+aux0.5": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.content_aux_weight": 0.5},
+    "r5+profiles+drop_i0.7": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.item_dropout_rate": 0.7},
+    "r5+profile+buckets8": {**_R5, "model.user_profile": True, "features.numeric_buckets": 8},
+    "r5+profiles+buckets8": {**_R5, "model.user_profile": True, "model.item_profile": True, "features.numeric_buckets": 8},
+    "r5+profiles_s20": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 20.0},
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

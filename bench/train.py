@@ -9,7 +9,7 @@
    (index_select gathers, both towers with input dropout, RetrievalLoss with the default
    [loss] section, backward, gradient clipping, fused AdamW).
 3. "roofline": the dense compute of the same towers on random tensors: each tower's MLP
-   and linear content skip, fed random (batch, content) and (batch, preference) inputs that
+   and linear content (and profile) skips, fed random (batch, content) and (batch, preference) inputs that
    need gradients (as the looked-up embeddings do), a dot-product loss, backward, AdamW.
    What training adds on top is data handling, feature lookups and the losses.
    "mlp-only" is the stricter, older yardstick: the MLPs alone, inputs frozen.
@@ -39,7 +39,7 @@ from coldrec.features import EncodedSamples, encode_dataset, fit_spec  # noqa: E
 from coldrec.losses import RetrievalLoss  # noqa: E402
 from coldrec.model import build_model  # noqa: E402
 from coldrec.synth import SynthConfig, run_synth  # noqa: E402
-from coldrec.train import Dist, TrainStep, _item_log_q, clip_gradients, make_optimizer, set_threads  # noqa: E402
+from coldrec.train import Dist, TrainStep, _fill_profiles, _item_log_q, _leave_one_out, clip_gradients, make_optimizer, set_threads  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -72,6 +72,7 @@ class Training:
         self.config = config
         self.plain = plain  # the step before the fused optimiser: for-loop AdamW and clipping
         self.model = build_model(spec, config.model)
+        self.profiles = _fill_profiles(self.model, data, spec)  # empty unless model.*_profile
         self.step_module = TrainStep(self.model, RetrievalLoss(config.loss.to_loss_config()), "twotower", Dist())
         self.parameters = [p for p in self.step_module.parameters() if p.requires_grad]
         if plain:
@@ -95,10 +96,12 @@ class Training:
         rows = self.permutation[self.position : self.position + self.batch]  # (batch,)
         self.position += self.batch
         samples, data = self.samples, self.data
-        item_row = samples.item_row.index_select(0, rows)
-        user_inputs = data.inputs("user", samples.user_row.index_select(0, rows), samples.user_stats_row.index_select(0, rows))
+        item_row, user_row = samples.item_row.index_select(0, rows), samples.user_row.index_select(0, rows)
+        user_inputs = data.inputs("user", user_row, samples.user_stats_row.index_select(0, rows))
         item_inputs = data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows))
         label, weight = samples.label.index_select(0, rows), samples.weight.index_select(0, rows)
+        if self.profiles:
+            _leave_one_out(self.profiles, user_inputs, item_inputs, user_row, item_row, label)
         log_q = self.log_q.index_select(0, item_row)
         clock.append(time.perf_counter())
         total, _ = self.step_module(user_inputs, item_inputs, label, weight, item_row, log_q, self.generator)
@@ -133,7 +136,8 @@ class Roofline:
             (torch.randn(batch, t.content_width, requires_grad=grad), torch.randn(batch, t.preference_width, requires_grad=grad))  # (batch, width) each
             for t in self.towers
         ]
-        modules = [t.mlp for t in self.towers] + ([] if mlp_only else [t.content_skip for t in self.towers if t.content_skip is not None])
+        skips = [s for t in self.towers for s in (t.content_skip, t.profile_skip) if s is not None]
+        modules = [t.mlp for t in self.towers] + ([] if mlp_only else skips)
         self.parameters = [p for m in modules for p in m.parameters()]
         self.optimizer = make_optimizer(self.parameters, config.training.lr, config.training.weight_decay)
 
@@ -141,6 +145,8 @@ class Roofline:
         out = tower.mlp(torch.cat([content, preference], dim=1))  # (batch, dim)
         if not self.mlp_only and tower.content_skip is not None:
             out = out + tower.content_skip(content)
+        if not self.mlp_only and tower.profile_skip is not None:
+            out = out + tower.profile_skip(preference[:, -tower.profile_width :])
         return F.normalize(out, dim=1)
 
     def __call__(self, timed: bool = False) -> None:

@@ -81,6 +81,13 @@ class ModelConfig:
     # content-only view of its item (preference block dropped), so the item content path
     # learns from every row, not only from the dropped ones. 0 disables it.
     content_aux_weight: float = 0.0
+    # Click profiles: a user's, per value of every small-vocabulary item content column (and
+    # per quantile bucket of every numeric one), log(share of the user's train clicks / share
+    # of all train clicks), smoothed; part of the user's preference block (zero when cold).
+    # item_profile: the same for an item's clickers over the user content columns.
+    user_profile: bool = True
+    item_profile: bool = True
+    profile_smoothing: float = 5.0  # clicks' worth of the global shares mixed into each profile
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -90,6 +97,8 @@ class ModelConfig:
         _choice(self, "normalisation", NORMALISATIONS, "model")
         if not (self.content_aux_weight >= 0.0 and math.isfinite(self.content_aux_weight)):
             raise ConfigError(f"model.content_aux_weight must be >= 0, got {self.content_aux_weight}", hint="e.g. 0.5, or 0 to disable")
+        if not (self.profile_smoothing > 0.0 and math.isfinite(self.profile_smoothing)):
+            raise ConfigError(f"model.profile_smoothing must be > 0, got {self.profile_smoothing}", hint="e.g. 5.0 (clicks' worth of the global shares)")
         for name in ("user_dropout_rate", "item_dropout_rate", "mlp_dropout"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

@@ -726,3 +726,59 @@ __all__ = [
     "id_indices",
     "latest_stats",
 ]
+
+
+# --------------------------------------------------------------------------- user click profiles
+
+# model.user_profile / item_profile: a categorical / multi-hot column of the other side
+# contributes its first (most frequent) PROFILE_MAX_VALUES values, the rest share the OOV slot;
+# a numeric column PROFILE_NUMERIC_BUCKETS quantile buckets of its training entities plus a
+# missing slot.
+PROFILE_MAX_VALUES = 62
+PROFILE_NUMERIC_BUCKETS = 8
+
+
+def profile_groups(spec: EntitySpec) -> list[tuple[str, str, int]]:
+    """(content key, role, width) of every column of `spec` a click profile counts."""
+    groups = []
+    for index, column in enumerate(spec.columns):
+        if column.role in ("categorical", "multi_hot"):
+            groups.append((f"col{index}", column.role, min(column.cardinality, FIRST + PROFILE_MAX_VALUES)))
+    for position, _ in enumerate(spec.numeric_columns):
+        groups.append((f"num{position}", "numeric", PROFILE_NUMERIC_BUCKETS + 1))
+    return groups
+
+
+def profile_width(spec: EntitySpec) -> int:
+    return sum(width for _, _, width in profile_groups(spec))
+
+
+def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(entities, profile_width(spec)) float32: each entity's values, every column group
+    summing to 1 (what one click by / on it adds to the other side's profile).
+
+    A multi-hot bag splits its unit over its values; a numeric column falls in one of the
+    training entities' quantile buckets (the last slot: missing).
+    """
+    parts = []
+    for key, role, width in profile_groups(spec):
+        if role == "numeric":
+            position = int(key[3:])
+            values = content["num"][:, 2 * position].contiguous()  # (entities,) standardised
+            missing = content["num"][:, 2 * position + 1] > 0
+            known = values[~missing]
+            inner = torch.linspace(0, 1, PROFILE_NUMERIC_BUCKETS + 1)[1:-1]
+            edges = torch.quantile(known.double(), inner.double()).float() if len(known) else torch.zeros(len(inner))
+            index = torch.bucketize(values, edges, right=True)
+            index[missing] = PROFILE_NUMERIC_BUCKETS
+            part = torch.nn.functional.one_hot(index, width).float()
+        else:
+            index = torch.where(content[key] < width, content[key], torch.full_like(content[key], OOV))
+            if role == "categorical":
+                part = torch.nn.functional.one_hot(index, width).float()
+            else:  # bags: (items, bag) padded with 0
+                part = torch.zeros(index.shape[0], width).scatter_add_(1, index, (index > 0).float())
+                part[:, 0] = (part.sum(1) == 0).float()  # an empty bag counts as null
+                part = part / part.sum(1, keepdim=True)
+        parts.append(part)
+    return torch.cat(parts, dim=1) if parts else torch.zeros(len(next(iter(content.values()))), 0)

@@ -49,7 +49,7 @@ def _embedding_bag(rows: int, width: int) -> nn.EmbeddingBag:
 class Tower(nn.Module):
     """content ⊕ preference -> MLP (+ linear content skip) -> L2-normalised (batch, dim)."""
 
-    def __init__(self, spec: EntitySpec, config: ModelConfig, *, normalize: bool = True) -> None:
+    def __init__(self, spec: EntitySpec, config: ModelConfig, *, normalize: bool = True, profile_width: int = 0) -> None:
         super().__init__()
         self.normalize = normalize
         width = config.embedding_dim
@@ -73,7 +73,16 @@ class Tower(nn.Module):
         if spec.pretrained_dim:
             self.id_embedding.weight.requires_grad_(False)
         self.stats_width = len(spec.stats_columns)
-        self.preference_width = id_dim + self.stats_width
+        # model.user_profile / item_profile: per id row, the sum of its train clicks' profile
+        # rows of the other side and their count; the global click shares. Filled by `coldrec
+        # train`, saved with the weights.
+        self.profile_width = profile_width
+        self.profile_smoothing = config.profile_smoothing
+        if profile_width:
+            self.register_buffer("profile_sum", torch.zeros(spec.n_ids, profile_width))
+            self.register_buffer("profile_count", torch.zeros(spec.n_ids))
+            self.register_buffer("profile_prior", torch.ones(profile_width))
+        self.preference_width = id_dim + self.stats_width + profile_width
         layers: list[nn.Module] = []
         in_width = self.content_width + self.preference_width
         for hidden in config.hidden:
@@ -93,6 +102,7 @@ class Tower(nn.Module):
             if config.content_skip and self.content_width
             else None
         )
+        self.profile_skip = nn.Linear(profile_width, config.dim, bias=False) if profile_width else None
 
     def content(self, inputs: dict[str, Tensor]) -> Tensor:
         """(batch, content_width): every content feature embedded, concatenated."""
@@ -102,8 +112,28 @@ class Tower(nn.Module):
         return torch.cat(parts, dim=1)
 
     def preference(self, inputs: dict[str, Tensor]) -> Tensor:
-        """(batch, preference_width): id embedding ⊕ stats; all zeros for a cold entity."""
-        return torch.cat([self.id_embedding(inputs["id"]), inputs["stats"]], dim=1)
+        """(batch, preference_width): id embedding ⊕ stats (⊕ profile); all zeros for a cold entity."""
+        parts = [self.id_embedding(inputs["id"]), inputs["stats"]]
+        if self.profile_width:
+            parts.append(self.profile(inputs))
+        return torch.cat(parts, dim=1)
+
+    def profile(self, inputs: dict[str, Tensor]) -> Tensor:
+        """(batch, profile_width): log(smoothed click shares / global shares); 0 for a cold id.
+
+        In training, `profile_minus` (batch, width) / `profile_count_minus` (batch,) remove the
+        sample's own click from its user's profile (leave one out), so the profile never
+        contains the positive it is scored against.
+        """
+        ids = inputs["id"]
+        total = self.profile_sum.index_select(0, ids)  # (batch, width)
+        count = self.profile_count.index_select(0, ids)  # (batch,)
+        if "profile_minus" in inputs:
+            total = total - inputs["profile_minus"]
+            count = count - inputs["profile_count_minus"]
+        a = self.profile_smoothing
+        shares = (total + a * self.profile_prior) / (count + a).unsqueeze(1)  # (batch, width)
+        return torch.log(shares / self.profile_prior)
 
     def forward(self, inputs: dict[str, Tensor], drop: Tensor | None = None) -> Tensor:
         """inputs: key -> (batch, ...); drop: (batch,) bool, True zeroes that row's preference."""
@@ -115,6 +145,8 @@ class Tower(nn.Module):
         out = self.mlp(hidden)  # (batch, dim)
         if self.content_skip is not None:
             out = out + self.content_skip(content)  # additive content branch
+        if self.profile_skip is not None:
+            out = out + self.profile_skip(preference[:, -self.profile_width :])  # (dropped with the block)
         return F.normalize(out, dim=1) if self.normalize else out  # (batch, dim)
 
 
@@ -124,8 +156,10 @@ class TwoTower(nn.Module):
     def __init__(self, user_spec: EntitySpec, item_spec: EntitySpec, config: ModelConfig, *, normalize: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.user = Tower(user_spec, config, normalize=normalize)
-        self.item = Tower(item_spec, config, normalize=normalize)
+        from coldrec.features import profile_width
+
+        self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0)
+        self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0)
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(batch,) bool masks: True = drop that row's user (item) preference block."""

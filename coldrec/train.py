@@ -48,6 +48,7 @@ from coldrec.features import (
     FeatureSpec,
     encode_dataset,
     fit_spec,
+    profile_matrix,
     with_day,
 )
 from coldrec.losses import RetrievalLoss, dropoutnet_mse
@@ -318,6 +319,42 @@ class TrainStep(nn.Module):
             aux = self.loss(user, self.model.content_view("item", item_inputs), label, item_index=item_row, weight=weight, item_log_q=item_log_q, generator=generator)
             return out.total + aux_weight * aux.total, {**out.parts, "content_aux": aux.total.detach()}
         return out.total, out.parts
+
+
+def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec) -> dict[str, Tensor]:
+    """model.user_profile / item_profile: sum the profile rows of the other side over every
+    entity's train clicks into its tower's buffers (per id row; the cold row 0 stays empty).
+
+    -> side -> (other side's entities, width): what a click adds, for the leave-one-out.
+    """
+    samples = data.splits["train"]
+    clicked = samples.label > 0
+    rows = {"user": samples.user_row[clicked], "item": samples.item_row[clicked]}  # (clicks,) each
+    out = {}
+    for side, other in (("user", "item"), ("item", "user")):
+        tower = model.user if side == "user" else model.item
+        if not tower.profile_width:
+            continue
+        per_entity = profile_matrix(spec.side(other), data.entity(other).content)  # (others, width)
+        added = per_entity.index_select(0, rows[other])  # (clicks, width)
+        id_rows = data.entity(side).id_index.index_select(0, rows[side])  # (clicks,)
+        with torch.no_grad():
+            tower.profile_sum.zero_().index_add_(0, id_rows, added)
+            tower.profile_count.zero_().index_add_(0, id_rows, torch.ones(len(id_rows)))
+            tower.profile_sum[0] = 0.0
+            tower.profile_count[0] = 0.0
+            tower.profile_prior.copy_((added.sum(0) / max(len(added), 1)).clamp(min=1e-4))
+        out[side] = per_entity
+    return out
+
+
+def _leave_one_out(profiles: dict[str, Tensor], user_inputs: dict, item_inputs: dict, user_row: Tensor, item_row: Tensor, label: Tensor) -> None:
+    """Take each positive sample's own click out of its user's and item's profiles."""
+    clicked = (label > 0).float()  # (batch,)
+    for side, inputs, other_row in (("user", user_inputs, item_row), ("item", item_inputs, user_row)):
+        if side in profiles:
+            inputs["profile_minus"] = profiles[side].index_select(0, other_row) * clicked.unsqueeze(1)
+            inputs["profile_count_minus"] = clicked
 
 
 def _gather_plain(tensor: Tensor) -> Tensor:
@@ -746,10 +783,12 @@ def run_train(
     if old_model is not None:
         moved = transfer_weights(model, spec, old_model, loss)
         log.info(f"warm start from {init_from}: {moved['copied']} tensors carried over, {moved['fresh']} fresh")
+    profiles = _fill_profiles(model, data, spec)  # side -> (other side's entities, width); after the warm start: data, not weights
     step_module = TrainStep(model, loss, objective, dist).to(torch_device)
     data = data.to(torch_device)
     samples = data.splits["train"]
     item_log_q = _item_log_q(samples.item_row, len(data.items)).to(torch_device)  # (items,)
+    profiles = {side: table.to(torch_device) for side, table in profiles.items()}
     parameters = [p for p in step_module.parameters() if p.requires_grad]
     optimizer = make_optimizer(parameters, training.lr, training.weight_decay)
     runner: nn.Module = step_module
@@ -808,9 +847,14 @@ def run_train(
                 start = step * per_rank * dist.world + dist.rank * per_rank
                 rows = permutation[start : start + per_rank]  # (batch,)
                 item_row = samples.item_row.index_select(0, rows)
+                user_row = samples.user_row.index_select(0, rows)
+                user_inputs = data.inputs("user", user_row, samples.user_stats_row.index_select(0, rows))
+                item_inputs = data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows))
+                if profiles:
+                    _leave_one_out(profiles, user_inputs, item_inputs, user_row, item_row, samples.label.index_select(0, rows))
                 total, parts = runner(
-                    data.inputs("user", samples.user_row.index_select(0, rows), samples.user_stats_row.index_select(0, rows)),
-                    data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows)),
+                    user_inputs,
+                    item_inputs,
                     samples.label.index_select(0, rows),
                     samples.weight.index_select(0, rows),
                     item_row,

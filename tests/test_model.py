@@ -53,7 +53,9 @@ def test_tower_output_shape_and_unit_norm():
     user, item = model(user_inputs, item_inputs)
     assert user.shape == (4, 16) and item.shape == (4, 16)
     assert torch.allclose(user.norm(dim=1), torch.ones(4), atol=1e-5)
-    assert model.user.preference_width == 32 + 1  # id embedding ⊕ one stats column
+    from coldrec.features import profile_width
+
+    assert model.user.preference_width == 32 + 1 + profile_width(spec.item)  # id embedding ⊕ one stats column ⊕ click profile
 
 
 def test_cold_slot_is_zero_and_stays_zero():
@@ -168,3 +170,93 @@ def test_content_aux_weight_is_validated():
 
     with pytest.raises(ConfigError, match="content_aux_weight"):
         ModelConfig(content_aux_weight=-1.0).validate()
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ConfigError, match="profile_smoothing"):
+            ModelConfig(profile_smoothing=bad).validate()
+
+
+# --------------------------------------------------------------------------- click profiles
+
+
+def test_profile_matrix_rows_split_one_click_over_each_columns_values():
+    from coldrec.features import FIRST, OOV, PROFILE_NUMERIC_BUCKETS, encode_content, profile_groups, profile_matrix
+
+    train = pl.DataFrame({"user_id": ["a"] * 5, "item_id": [1, 2, 3, 4, 5], "ts": [dt.datetime(2026, 1, 1)] * 5, "label": pl.Series([1] * 5, dtype=pl.Int8)})
+    users = pl.DataFrame({"user_id": ["a"], "country": ["de"]})
+    items = pl.DataFrame(
+        {
+            "item_id": [1, 2, 3, 4, 5],
+            "kind": ["film", "film", "show", None, "rare"],
+            "tags": [["x"], ["y", "x"], [], ["y"], ["x"]],
+            "year": [1990.0, 1995.0, None, 2000.0, 2005.0],
+        }
+    )
+    spec = fit_spec(train, users, items, FeaturesConfig(vocab_min_count=2))  # "show", "rare" -> OOV
+    groups = profile_groups(spec.item)
+    assert [(role, width) for _, role, width in groups] == [("categorical", FIRST + 1), ("multi_hot", FIRST + 2), ("numeric", PROFILE_NUMERIC_BUCKETS + 1)]
+    matrix = profile_matrix(spec.item, encode_content(spec.item, items, "items.parquet")).numpy()  # (5, width)
+    kind, tags, year = matrix[:, :3], matrix[:, 3:7], matrix[:, 7:]
+    for part in (kind, tags, year):
+        assert part.sum(1) == pytest.approx([1.0] * 5)  # one click = one unit per column
+    assert kind[:, FIRST].tolist() == [1, 1, 0, 0, 0] and kind[:, OOV].tolist() == [0, 0, 1, 0, 1] and kind[3, 0] == 1  # null -> slot 0
+    x, y = FIRST + spec.item.columns[1].vocab.index("x"), FIRST + spec.item.columns[1].vocab.index("y")
+    assert tags[1, x] == tags[1, y] == 0.5  # a bag splits its unit
+    assert tags[2, 0] == 1.0  # an empty bag counts as null
+    assert year[2, PROFILE_NUMERIC_BUCKETS] == 1.0  # missing
+    buckets = year[[0, 1, 3, 4]].argmax(1)
+    assert list(buckets) == sorted(buckets) and buckets[0] < buckets[-1]  # ordered quantile buckets
+
+
+def _profile_model():
+    spec, users, items, stats = _spec()
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], user_profile=True, item_profile=True, profile_smoothing=2.0))
+    return model, spec, users, items, stats
+
+
+def test_profile_is_zero_for_a_cold_id_and_a_smoothed_log_lift_otherwise():
+    model, spec, users, items, stats = _profile_model()
+    tower = model.user
+    width = tower.profile_width
+    assert width > 0 and model.item.profile_width > 0
+    assert tower.preference_width == 32 + 1 + width
+    with torch.no_grad():
+        tower.profile_prior.copy_(torch.full((width,), 0.5))
+        tower.profile_sum[1] = torch.arange(width, dtype=torch.float32)
+        tower.profile_count[1] = 4.0
+    out = tower.profile({"id": torch.tensor([0, 1])})
+    assert torch.equal(out[0], torch.zeros(width))  # cold: exactly zero, as under input dropout
+    expected = torch.log((torch.arange(width) + 2.0 * 0.5) / (4.0 + 2.0) / 0.5)
+    assert torch.allclose(out[1], expected)
+
+
+def test_leave_one_out_equals_the_profile_without_that_click():
+    model, *_ = _profile_model()
+    tower = model.user
+    width = tower.profile_width
+    torch.manual_seed(0)
+    clicks = torch.rand(3, width)
+    with torch.no_grad():
+        tower.profile_prior.copy_(torch.full((width,), 0.3))
+        tower.profile_sum[1] = clicks.sum(0)
+        tower.profile_count[1] = 3.0
+        tower.profile_sum[2] = clicks[:2].sum(0)
+        tower.profile_count[2] = 2.0
+    minus = {"id": torch.tensor([1]), "profile_minus": clicks[2:], "profile_count_minus": torch.tensor([1.0])}
+    assert torch.allclose(tower.profile(minus), tower.profile({"id": torch.tensor([2])}), atol=1e-6)
+
+
+def test_dropout_zeroes_the_profile_with_the_rest_of_the_preference_block():
+    model, spec, users, items, stats = _profile_model()
+    model.eval()
+    tower = model.user
+    with torch.no_grad():
+        tower.profile_prior.fill_(0.2)
+        tower.profile_sum.uniform_(0.0, 3.0)
+        tower.profile_count.fill_(3.0)
+        tower.profile_sum[0] = 0.0
+        tower.profile_count[0] = 0.0
+    user_inputs, _ = _inputs(spec, users, items, stats)
+    dropped = tower(user_inputs, torch.ones(4, dtype=torch.bool))
+    cold = {**user_inputs, "id": torch.zeros_like(user_inputs["id"]), "stats": torch.zeros_like(user_inputs["stats"])}
+    assert torch.allclose(dropped, tower(cold, None), atol=1e-6)  # dropped = served cold, profile included
+    assert not torch.allclose(dropped, tower(user_inputs, None), atol=1e-3)  # the profile (and id) do move warm users

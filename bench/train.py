@@ -196,7 +196,7 @@ def main() -> None:
     print(f"samples={args.samples:,} batch={batch} threads={threads} steps={args.rounds * args.block} per runner")
     losses = ", ".join(f"{name} x{getattr(config.loss, name + '_weight')}" for name in ("pointwise", "pairwise", "softmax") if getattr(config.loss, name + "_weight") > 0)
     print(f"training  {rates['training']:12,.0f} samples/s  (default settings; losses: {losses}, softmax={config.loss.softmax})")
-    print(f"roofline  {rates['roofline']:12,.0f} samples/s  (dense tower compute: MLP + content skip, input grads)")
+    print(f"roofline  {rates['roofline']:12,.0f} samples/s  (dense tower compute: MLP + content and profile skips, input grads)")
     print(f"mlp-only  {rates['mlp-only']:12,.0f} samples/s  (MLPs alone, frozen inputs)")
     print(f"ratio     {rates['training'] / rates['roofline']:12.2f}  vs roofline (target >= 0.70)")
     print(f"ratio     {rates['training'] / rates['mlp-only']:12.2f}  vs mlp-only")

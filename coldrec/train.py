@@ -321,11 +321,12 @@ class TrainStep(nn.Module):
         return out.total, out.parts
 
 
-def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec) -> dict[str, Tensor]:
+def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk: int = 1 << 16) -> dict[str, Tensor]:
     """model.user_profile / item_profile: sum the profile rows of the other side over every
     entity's train clicks into its tower's buffers (per id row; the cold row 0 stays empty).
 
     -> side -> (other side's entities, width): what a click adds, for the leave-one-out.
+    Clicks are added `chunk` at a time, so the peak memory does not grow with the clicks.
     """
     samples = data.splits["train"]
     clicked = samples.label > 0
@@ -336,14 +337,17 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec) -> dic
         if not tower.profile_width:
             continue
         per_entity = profile_matrix(spec.side(other), data.entity(other).content)  # (others, width)
-        added = per_entity.index_select(0, rows[other])  # (clicks, width)
         id_rows = data.entity(side).id_index.index_select(0, rows[side])  # (clicks,)
         with torch.no_grad():
-            tower.profile_sum.zero_().index_add_(0, id_rows, added)
+            tower.profile_sum.zero_()
+            for start in range(0, len(id_rows), chunk):
+                tower.profile_sum.index_add_(0, id_rows[start : start + chunk], per_entity.index_select(0, rows[other][start : start + chunk]))
             tower.profile_count.zero_().index_add_(0, id_rows, torch.ones(len(id_rows)))
+            # The global shares: every click, also those of ids without a row (summed in row 0).
+            tower.profile_prior.copy_(tower.profile_sum.sum(0) / max(len(id_rows), 1))
+            tower.profile_prior.clamp_(min=1e-4)
             tower.profile_sum[0] = 0.0
             tower.profile_count[0] = 0.0
-            tower.profile_prior.copy_((added.sum(0) / max(len(added), 1)).clamp(min=1e-4))
         out[side] = per_entity
     return out
 

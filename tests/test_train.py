@@ -124,7 +124,7 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
 
         groups = len(profile_groups(other))
         assert np.allclose(tower.profile_sum.numpy().sum(1), expected * groups, atol=1e-3)  # one unit per column group per click
-        assert tower.profile_prior.min() > 0
+        assert tower.profile_prior.min() > 0 and float(tower.profile_prior.sum()) == pytest.approx(groups, abs=0.01)  # shares per group
     # Served warm users carry their profile: zeroing it changes their vectors.
     users = pl.read_parquet(tiny / "synth/users.parquet")
     with_profile, _ = loaded.embed_users(users)

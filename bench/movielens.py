@@ -511,8 +511,14 @@ CANDIDATES.update({
     "r5+gelu": {**_R5, "model.activation": "gelu"},
     "r5+drop0.6": {**_R5, "model.user_dropout_rate": 0.6, "model.item_dropout_rate": 0.6},
 })
-# Round 8: the user's click profile over item content values (model.user_profile), the
-# explicit form of the content-profile scorer that lifted cold items when mixed in (see docs).
+# Rounds 1-7 ran without click profiles (on by default since round 8).
+for _name, _overrides in CANDIDATES.items():
+    if _name != "defaults":
+        _overrides.setdefault("model.user_profile", False)
+        _overrides.setdefault("model.item_profile", False)
+_R5 = {**_R5, "model.user_profile": False, "model.item_profile": False}
+# Round 8: click profiles (model.user_profile / item_profile), the learned form of the
+# content-profile scorer that lifted cold items when mixed into coldrec's scores (see docs).
 CANDIDATES.update({
     "r5+profile": {**_R5, "model.user_profile": True},
     "r5+profile_s20": {**_R5, "model.user_profile": True, "model.profile_smoothing": 20.0},
@@ -523,6 +529,8 @@ CANDIDATES.update({
     "r5+profile+buckets8": {**_R5, "model.user_profile": True, "features.numeric_buckets": 8},
     "r5+profiles+buckets8": {**_R5, "model.user_profile": True, "model.item_profile": True, "features.numeric_buckets": 8},
     "r5+profiles_s20": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 20.0},
+    "r5+profiles_s2": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 2.0},
+    "r5+profiles_s10": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 10.0},
 })
 
 

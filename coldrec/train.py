@@ -348,6 +348,8 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
             tower.profile_prior.clamp_(min=1e-4)
             tower.profile_sum[0] = 0.0
             tower.profile_count[0] = 0.0
+        mib = tower.profile_sum.numel() * 4 / 2**20
+        log.info(f"{side} click profiles: {tower.profile_width} slots x {tower.profile_sum.shape[0]:,} ids ({mib:,.1f} MiB)")
         out[side] = per_entity
     return out
 

@@ -728,7 +728,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------- user click profiles
+# --------------------------------------------------------------------------- click profiles
 
 # model.user_profile / item_profile: a categorical / multi-hot column of the other side
 # contributes its first (most frequent) PROFILE_MAX_VALUES values, the rest share the OOV slot;
@@ -758,7 +758,7 @@ def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.
     summing to 1 (what one click by / on it adds to the other side's profile).
 
     A multi-hot bag splits its unit over its values; a numeric column falls in one of the
-    training entities' quantile buckets (the last slot: missing).
+    quantile buckets of these entities' values (the last slot: missing).
     """
     parts = []
     for key, role, width in profile_groups(spec):

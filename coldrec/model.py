@@ -129,8 +129,8 @@ class Tower(nn.Module):
         total = self.profile_sum.index_select(0, ids)  # (batch, width)
         count = self.profile_count.index_select(0, ids)  # (batch,)
         if "profile_minus" in inputs:
-            total = total - inputs["profile_minus"]
-            count = count - inputs["profile_count_minus"]
+            total = (total - inputs["profile_minus"]).clamp(min=0.0)  # float sums: never below 0
+            count = (count - inputs["profile_count_minus"]).clamp(min=0.0)
         a = self.profile_smoothing
         shares = (total + a * self.profile_prior) / (count + a).unsqueeze(1)  # (batch, width)
         return torch.log(shares / self.profile_prior)

@@ -355,12 +355,13 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
 
 
 def _leave_one_out(profiles: dict[str, Tensor], user_inputs: dict, item_inputs: dict, user_row: Tensor, item_row: Tensor, label: Tensor) -> None:
-    """Take each positive sample's own click out of its user's and item's profiles."""
-    clicked = (label > 0).float()  # (batch,)
+    """Take each positive sample's own click out of its user's and item's profiles (ids
+    without a row have an empty profile: nothing to take out)."""
     for side, inputs, other_row in (("user", user_inputs, item_row), ("item", item_inputs, user_row)):
         if side in profiles:
-            inputs["profile_minus"] = profiles[side].index_select(0, other_row) * clicked.unsqueeze(1)
-            inputs["profile_count_minus"] = clicked
+            counted = ((label > 0) & (inputs["id"] > 0)).float()  # (batch,)
+            inputs["profile_minus"] = profiles[side].index_select(0, other_row) * counted.unsqueeze(1)
+            inputs["profile_count_minus"] = counted
 
 
 def _gather_plain(tensor: Tensor) -> Tensor:
@@ -801,7 +802,14 @@ def run_train(
     if dist.enabled:
         # The pointwise bias is unused when only the softmax is on.
         unused = loss is not None and loss.config.pointwise_weight == 0 and loss.config.pairwise_weight == 0
-        runner = nn.parallel.DistributedDataParallel(step_module, device_ids=[torch_device.index] if torch_device.type == "cuda" else None, find_unused_parameters=unused)
+        # Buffers are only synced for batchnorm's running stats: the click profiles are the same
+        # on every rank, and broadcasting them each step would cost (ids x width) per forward.
+        runner = nn.parallel.DistributedDataParallel(
+            step_module,
+            device_ids=[torch_device.index] if torch_device.type == "cuda" else None,
+            find_unused_parameters=unused,
+            broadcast_buffers=config.model.normalisation == "batchnorm",
+        )
 
     n = len(samples)
     per_rank = max(1, training.batch_size // dist.world)

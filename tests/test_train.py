@@ -136,6 +136,27 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
     assert not np.allclose(with_profile[known], without[known], atol=1e-4)
 
 
+def test_leave_one_out_skips_ids_without_a_row_and_negatives():
+    from coldrec.train import _leave_one_out
+
+    profiles = {"user": torch.arange(12, dtype=torch.float32).reshape(4, 3)}  # 4 items x width 3
+    user_inputs = {"id": torch.tensor([0, 2, 3])}  # the first user has no id row (cold slot)
+    _leave_one_out(profiles, user_inputs, {"id": torch.tensor([1, 1, 1])}, torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([1, 1, 0]))
+    assert user_inputs["profile_count_minus"].tolist() == [0.0, 1.0, 0.0]  # cold slot, click, negative
+    assert torch.equal(user_inputs["profile_minus"], torch.stack([torch.zeros(3), profiles["user"][2], torch.zeros(3)]))
+
+
+def test_rare_ids_share_the_cold_slot_and_its_profile_stays_empty(tiny, tmp_path):
+    out = tmp_path / "model"
+    run_train(*_args(tiny), out, overrides={**FAST, "features.id_min_count": 15})
+    loaded = load_model(out)
+    for tower in (loaded.model.user, loaded.model.item):
+        assert float(tower.profile_count[0]) == 0.0 and float(tower.profile_sum[0].abs().sum()) == 0.0
+        assert torch.isfinite(tower.profile({"id": torch.arange(tower.profile_count.shape[0])})).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(np.isfinite(v) for v in metrics.values() if isinstance(v, float))
+
+
 def test_load_model_refuses_other_version_and_corrupt_weights(tiny, tmp_path):
     out = tmp_path / "model"
     run_train(*_args(tiny), out, overrides={**FAST, "training.epochs": 1})

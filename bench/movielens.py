@@ -516,7 +516,8 @@ for _name, _overrides in CANDIDATES.items():
     if _name != "defaults":
         _overrides.setdefault("model.user_profile", False)
         _overrides.setdefault("model.item_profile", False)
-_R5 = {**_R5, "model.user_profile": False, "model.item_profile": False}
+        _overrides.setdefault("model.profile_match", 0.0)
+_R5 = {**_R5, "model.user_profile": False, "model.item_profile": False, "model.profile_match": 0.0}
 # Round 8: click profiles (model.user_profile / item_profile), the learned form of the
 # content-profile scorer that lifted cold items when mixed into coldrec's scores (see docs).
 CANDIDATES.update({
@@ -529,6 +530,10 @@ CANDIDATES.update({
     "r5+profile+buckets8": {**_R5, "model.user_profile": True, "features.numeric_buckets": 8},
     "r5+profiles+buckets8": {**_R5, "model.user_profile": True, "model.item_profile": True, "features.numeric_buckets": 8},
     "r5+profiles_s20": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 20.0},
+    # The served profile match (model.profile_match, cosine units) on top of both profiles.
+    "r5+profiles+match0.0125": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.0125},
+    "r5+profiles+match0.025": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.025},
+    "r5+profiles+match0.05": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.05},
     "r5+profiles_s2": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 2.0},
     "r5+profiles_s10": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 10.0},
 })

@@ -88,6 +88,10 @@ class ModelConfig:
     user_profile: bool = True
     item_profile: bool = True
     profile_smoothing: float = 5.0  # clicks' worth of the global shares mixed into each profile
+    # Served scores add profile_match x (user's click profile . item's content values): a
+    # naive-Bayes content match next to the cosine, in cosine units (x loss.scale in logits).
+    # Not trained; served through extra vector dimensions. Needs user_profile; 0 disables.
+    profile_match: float = 0.025
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -97,6 +101,8 @@ class ModelConfig:
         _choice(self, "normalisation", NORMALISATIONS, "model")
         if not (self.content_aux_weight >= 0.0 and math.isfinite(self.content_aux_weight)):
             raise ConfigError(f"model.content_aux_weight must be >= 0, got {self.content_aux_weight}", hint="e.g. 0.5, or 0 to disable")
+        if not (0.0 <= self.profile_match < 1.0):
+            raise ConfigError(f"model.profile_match must be in [0, 1), got {self.profile_match}", hint="e.g. 0.025 (cosine units), or 0 to disable")
         if not (self.profile_smoothing > 0.0 and math.isfinite(self.profile_smoothing)):
             raise ConfigError(f"model.profile_smoothing must be > 0, got {self.profile_smoothing}", hint="e.g. 5.0 (clicks' worth of the global shares)")
         for name in ("user_dropout_rate", "item_dropout_rate", "mlp_dropout"):

@@ -753,31 +753,43 @@ def profile_width(spec: EntitySpec) -> int:
     return sum(width for _, _, width in profile_groups(spec))
 
 
-def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.Tensor:
+def profile_edges(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(numeric columns, PROFILE_NUMERIC_BUCKETS - 1): the inner quantiles of each numeric
+    column's (standardised) values over these entities, the bucket edges of `profile_matrix`."""
+    inner = torch.linspace(0, 1, PROFILE_NUMERIC_BUCKETS + 1)[1:-1].double()
+    rows = []
+    for position, _ in enumerate(spec.numeric_columns):
+        values, missing = content["num"][:, 2 * position], content["num"][:, 2 * position + 1] > 0
+        known = values[~missing].double()
+        rows.append(torch.quantile(known, inner).float() if len(known) else torch.zeros(len(inner)))
+    return torch.stack(rows) if rows else torch.zeros(0, len(inner))
+
+
+def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor], edges: torch.Tensor | None = None) -> torch.Tensor:
     """(entities, profile_width(spec)) float32: each entity's values, every column group
     summing to 1 (what one click by / on it adds to the other side's profile).
 
     A multi-hot bag splits its unit over its values; a numeric column falls in one of the
-    quantile buckets of these entities' values (the last slot: missing).
+    buckets `edges` (default: these entities' own quantiles, `profile_edges`); the last slot
+    is missing.
     """
+    if edges is None:
+        edges = profile_edges(spec, content)
     parts = []
     for key, role, width in profile_groups(spec):
         if role == "numeric":
             position = int(key[3:])
             values = content["num"][:, 2 * position].contiguous()  # (entities,) standardised
             missing = content["num"][:, 2 * position + 1] > 0
-            known = values[~missing]
-            inner = torch.linspace(0, 1, PROFILE_NUMERIC_BUCKETS + 1)[1:-1]
-            edges = torch.quantile(known.double(), inner.double()).float() if len(known) else torch.zeros(len(inner))
-            index = torch.bucketize(values, edges, right=True)
+            index = torch.bucketize(values, edges[position].contiguous(), right=True)
             index[missing] = PROFILE_NUMERIC_BUCKETS
             part = torch.nn.functional.one_hot(index, width).float()
         else:
             index = torch.where(content[key] < width, content[key], torch.full_like(content[key], OOV))
             if role == "categorical":
                 part = torch.nn.functional.one_hot(index, width).float()
-            else:  # bags: (items, bag) padded with 0
-                part = torch.zeros(index.shape[0], width).scatter_add_(1, index, (index > 0).float())
+            else:  # bags: (entities, bag) padded with 0
+                part = torch.zeros(index.shape[0], width, device=index.device).scatter_add_(1, index, (index > 0).float())
                 part[:, 0] = (part.sum(1) == 0).float()  # an empty bag counts as null
                 part = part / part.sum(1, keepdim=True)
         parts.append(part)

@@ -24,9 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coldrec.config import ModelConfig
-from coldrec.features import EntitySpec
+from coldrec.features import PROFILE_NUMERIC_BUCKETS, EntitySpec, profile_groups, profile_matrix, profile_width
 
 EMBEDDING_INIT_STD = 0.1
+PROFILE_MATCH_CLIP = 3.0  # model.profile_match: profile slots beyond +-3 (20x over-clicked) count as 3
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -156,10 +157,21 @@ class TwoTower(nn.Module):
     def __init__(self, user_spec: EntitySpec, item_spec: EntitySpec, config: ModelConfig, *, normalize: bool = True) -> None:
         super().__init__()
         self.config = config
-        from coldrec.features import profile_width
-
         self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0)
         self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0)
+        # model.profile_match: served vectors are user [u, c * p_u, 0, pad_u] and item
+        # [v, c * values_v, pad_v, 0] (u, v unit; c^2 = profile_match; p_u = the user's profile
+        # clipped to +-PROFILE_MATCH_CLIP), so u . v = cos + c^2 * p_u . values_v, and the pads
+        # fill every user vector and every item vector up to one norm per side: once normalised,
+        # ranking items for a user, or users for an item, by dot product (or angle) is ranking
+        # by that score.
+        self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
+        self.item_spec = item_spec
+        self.output_dim = config.dim
+        if self.match:
+            self.match_width = profile_width(item_spec)
+            self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
+            self.output_dim = config.dim + self.match_width + 2
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(batch,) bool masks: True = drop that row's user (item) preference block."""
@@ -180,16 +192,37 @@ class TwoTower(nn.Module):
             user_drop, item_drop = self.dropout_masks(batch, user_inputs["id"].device, generator)
         return self.user(user_inputs, user_drop), self.item(item_inputs, item_drop)
 
-    def content_view(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
-        """(batch, dim): every row of one side with its preference block dropped (cold view)."""
+    def content_view(self, side: str, inputs: dict[str, Tensor], *, served: bool = True) -> Tensor:
+        """(batch, output_dim): every row of one side with its preference block dropped (cold
+        view), as served (`served=False`: the tower's training output, (batch, dim))."""
         tower = self.user if side == "user" else self.item
         drop = torch.ones(inputs["id"].shape[0], dtype=torch.bool, device=inputs["id"].device)
-        return tower(inputs, drop)
+        out = tower(inputs, drop)
+        return self.served(side, out, inputs, drop) if served else out
 
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
-        """Serving: (batch, dim) embeddings of one side, no dropout."""
+        """Serving: (batch, output_dim) embeddings of one side, no dropout."""
         tower = self.user if side == "user" else self.item
-        return tower(inputs, None)
+        return self.served(side, tower(inputs, None), inputs, None)
+
+    def served(self, side: str, out: Tensor, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
+        """The tower output (batch, dim) with the profile-match dimensions (if any) appended."""
+        if not self.match:
+            return out
+        c = self.match**0.5
+        zero = out.new_zeros((out.shape[0], 1))
+        if side == "user":
+            profile = self.user.profile(inputs).clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c  # (batch, match_width); 0 when cold
+            if drop is not None:
+                profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
+            ceiling = self.match * self.match_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2
+            pad = torch.sqrt((ceiling - profile.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
+            return torch.cat([F.normalize(out, dim=1), profile, zero, pad], dim=1)
+        values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, match_width)
+        # Each column group of values sums to 1, so its squared norm is at most 1.
+        ceiling = self.match * len(profile_groups(self.item_spec))
+        pad = torch.sqrt((ceiling - values.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
+        return torch.cat([F.normalize(out, dim=1), values, pad, zero], dim=1)
 
 
 # --------------------------------------------------------------------------- the model directory
@@ -273,7 +306,7 @@ class LoadedModel:
 
     @property
     def dim(self) -> int:
-        return self.config.model.dim
+        return self.model.output_dim
 
     def embed_users(self, table, *, stats=None, cold: bool = False, batch_size: int = 8192, device: str = "cpu", path="users", stats_path="stats"):
         return self.embed("user", table, stats=stats, cold=cold, batch_size=batch_size, device=device, path=path, stats_path=stats_path)

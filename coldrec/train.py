@@ -48,6 +48,7 @@ from coldrec.features import (
     FeatureSpec,
     encode_dataset,
     fit_spec,
+    profile_edges,
     profile_matrix,
     with_day,
 )
@@ -316,7 +317,7 @@ class TrainStep(nn.Module):
         aux_weight = self.model.config.content_aux_weight
         if aux_weight > 0 and self.training:
             # model.content_aux_weight: the same loss against every row's content-only item view.
-            aux = self.loss(user, self.model.content_view("item", item_inputs), label, item_index=item_row, weight=weight, item_log_q=item_log_q, generator=generator)
+            aux = self.loss(user, self.model.content_view("item", item_inputs, served=False), label, item_index=item_row, weight=weight, item_log_q=item_log_q, generator=generator)
             return out.total + aux_weight * aux.total, {**out.parts, "content_aux": aux.total.detach()}
         return out.total, out.parts
 
@@ -332,11 +333,14 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
     clicked = samples.label > 0
     rows = {"user": samples.user_row[clicked], "item": samples.item_row[clicked]}  # (clicks,) each
     out = {}
+    edges = {side: profile_edges(spec.side(side), data.entity(side).content) for side in ("user", "item")}
+    if model.match:
+        model.item_value_edges.copy_(edges["item"])  # served items' values use the training buckets
     for side, other in (("user", "item"), ("item", "user")):
         tower = model.user if side == "user" else model.item
         if not tower.profile_width:
             continue
-        per_entity = profile_matrix(spec.side(other), data.entity(other).content)  # (others, width)
+        per_entity = profile_matrix(spec.side(other), data.entity(other).content, edges[other])  # (others, width)
         id_rows = data.entity(side).id_index.index_select(0, rows[side])  # (clicks,)
         with torch.no_grad():
             tower.profile_sum.zero_()

@@ -7,6 +7,7 @@ import datetime as dt
 import polars as pl
 import pytest
 import torch
+import torch.nn.functional as F
 
 from coldrec.config import FeaturesConfig, ModelConfig
 from coldrec.features import encode_for_serving, fit_spec
@@ -133,8 +134,9 @@ def test_content_view_is_the_cold_view_of_every_row():
     _, item_inputs = _inputs(spec, users, items, stats)
     cold_inputs, _ = encode_for_serving(spec.item, items, cold=True)
     view = model.content_view("item", item_inputs)
-    assert torch.allclose(view, model.item(cold_inputs), atol=1e-6)  # == serving a cold item
-    assert not torch.allclose(view, model.item(item_inputs))  # warm rows differ: ids matter
+    assert torch.allclose(view, model.embed("item", cold_inputs), atol=1e-6)  # == serving a cold item
+    assert not torch.allclose(view, model.embed("item", item_inputs))  # warm rows differ: ids matter
+    assert torch.allclose(model.content_view("item", item_inputs, served=False), model.item(cold_inputs), atol=1e-6)
 
 
 def test_content_aux_weight_adds_the_loss_of_the_content_only_item_view():
@@ -157,7 +159,7 @@ def test_content_aux_weight_adds_the_loss_of_the_content_only_item_view():
         total, parts = step(user_inputs, item_inputs, label, weight, item_row, log_q, torch.Generator().manual_seed(0))
         totals[aux] = (total, parts)
     user = model.user(user_inputs)
-    expected = loss(user, model.content_view("item", item_inputs), label, item_index=item_row, weight=weight, item_log_q=log_q).total
+    expected = loss(user, model.content_view("item", item_inputs, served=False), label, item_index=item_row, weight=weight, item_log_q=log_q).total
     assert "content_aux" in totals[0.5][1] and "content_aux" not in totals[0.0][1]
     assert (totals[0.5][0] - totals[0.0][0]).item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
     # The auxiliary term trains the item content encoders even with no dropped row.
@@ -260,3 +262,44 @@ def test_dropout_zeroes_the_profile_with_the_rest_of_the_preference_block():
     cold = {**user_inputs, "id": torch.zeros_like(user_inputs["id"]), "stats": torch.zeros_like(user_inputs["stats"])}
     assert torch.allclose(dropped, tower(cold, None), atol=1e-6)  # dropped = served cold, profile included
     assert not torch.allclose(dropped, tower(user_inputs, None), atol=1e-3)  # the profile (and id) do move warm users
+
+
+def test_served_scores_are_the_cosine_plus_the_profile_match():
+    from coldrec.features import profile_groups, profile_matrix, profile_width
+
+    spec, users, items, stats = _spec()
+    torch.manual_seed(0)
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04))
+    model.eval()
+    width = profile_width(spec.item)
+    assert model.output_dim == 16 + width + 2
+    with torch.no_grad():
+        model.user.profile_sum.uniform_(0.0, 2.0)
+        model.user.profile_count.fill_(2.0)
+        model.user.profile_sum[0] = 0.0
+        model.user.profile_count[0] = 0.0
+        model.user.profile_prior.fill_(0.3)
+    user_inputs, item_inputs = _inputs(spec, users, items, stats)
+    served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
+    cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
+    match = model.user.profile(user_inputs) @ profile_matrix(spec.item, item_inputs, model.item_value_edges).T  # (4, 4)
+    assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match, atol=1e-5)
+    # One norm per side, so normalising keeps the ranking exact both ways (items for a user,
+    # users for an item).
+    assert torch.allclose(served_items.norm(dim=1), torch.full((4,), (1 + 0.04 * len(profile_groups(spec.item))) ** 0.5), atol=1e-5)
+    assert torch.allclose(served_users.norm(dim=1), torch.full((4,), (1 + 0.04 * width * 9.0) ** 0.5), atol=1e-4)
+    # A cold user (the 4th: no id row) gets no match term.
+    assert user_inputs["id"][3] == 0 and torch.equal(served_users[3, 16 : 16 + width], torch.zeros(width))
+    cold_view = model.content_view("user", user_inputs)
+    assert torch.equal(cold_view[:, 16 : 16 + width], torch.zeros(4, width))
+
+
+def test_profile_match_zero_serves_the_plain_tower_output():
+    spec, users, items, stats = _spec()
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0))
+    model.eval()
+    user_inputs, item_inputs = _inputs(spec, users, items, stats)
+    assert model.output_dim == 16
+    assert torch.equal(model.embed("item", item_inputs), model.item(item_inputs))
+    with pytest.raises(Exception, match="profile_match"):
+        ModelConfig(profile_match=-0.1).validate()

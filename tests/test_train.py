@@ -97,7 +97,7 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
     assert not loaded.model.training and loaded.config.training.epochs == 2
     users = pl.read_parquet(tiny / "synth/users.parquet")
     vectors, cold = loaded.embed_users(users, cold=False)
-    assert vectors.shape == (users.height, 16) and vectors.dtype == np.float32
+    assert vectors.shape == (users.height, loaded.dim) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     known = users["user_id"].is_in(loaded.spec.user.ids).to_numpy()
     assert (cold == ~known).all()
@@ -125,6 +125,15 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
         groups = len(profile_groups(other))
         assert np.allclose(tower.profile_sum.numpy().sum(1), expected * groups, atol=1e-3)  # one unit per column group per click
         assert tower.profile_prior.min() > 0 and float(tower.profile_prior.sum()) == pytest.approx(groups, abs=0.01)  # shares per group
+    # Served vectors carry the profile match: dim + item profile width + 1; the value buckets
+    # are the quantiles of the training run's items table, saved, so a new item served later is
+    # bucketed the same way.
+    from coldrec.features import encode_content, profile_edges, profile_width
+
+    assert loaded.dim == 16 + profile_width(loaded.spec.item) + 2
+    items = pl.read_parquet(tiny / "synth/items.parquet")
+    edges = profile_edges(loaded.spec.item, encode_content(loaded.spec.item, items, "items"))
+    assert torch.allclose(loaded.model.item_value_edges, edges) and len(edges) > 0
     # Served warm users carry their profile: zeroing it changes their vectors.
     users = pl.read_parquet(tiny / "synth/users.parquet")
     with_profile, _ = loaded.embed_users(users)
@@ -376,10 +385,12 @@ def world(tmp_path_factory) -> dict:
     return {"root": root, "models": models, "cold": sorted(held), "warm": [i for i in item_ids if i not in held], "users": user_ids}
 
 
-def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30) -> float:
+def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30, towers_only: bool = False) -> float:
     """Mean over items of |model's top-k users ∩ the true top-k users| / k (chance = k / users).
 
-    Users (and warm items) are embedded as served: id embedding + latest statistics."""
+    Users (and warm items) are embedded as served: id embedding + latest statistics.
+    `towers_only`: score by the towers' cosine alone, without the served profile match (the
+    first model.dim columns: every served vector of a side has the same norm)."""
     root = world["root"]
     users = pl.read_parquet(root / "synth/users.parquet").filter(pl.col("user_id").is_in(world["users"])).sort("user_id")
     items = pl.read_parquet(root / "synth/items.parquet").filter(pl.col("item_id").is_in(item_ids)).sort("item_id")
@@ -387,6 +398,9 @@ def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30) 
     item_vectors, cold_mask = model.embed_items(items, stats=pl.read_parquet(root / "stats/item_stats_latest.parquet"), cold=cold)
     assert cold_mask.all() == cold
     truth = true_affinity(root / "synth/truth", users["user_id"].to_list(), items["item_id"].to_list())  # (U, I)
+    if towers_only:
+        dim = model.config.model.dim
+        user_vectors, item_vectors = user_vectors[:, :dim], item_vectors[:, :dim]
     scores = user_vectors @ item_vectors.T  # (U, I)
     true_top = np.argsort(-truth, axis=0)[:k]
     model_top = np.argsort(-scores, axis=0)[:k]
@@ -409,8 +423,9 @@ def test_warm_quality_is_not_lost_with_dropout(world):
 
 
 def test_dropout_beats_no_dropout_on_cold_items(world):
-    with_dropout = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True)
-    without = _best_user_precision(world, world["models"]["no_dropout"], world["cold"], cold=True)
+    # Input dropout acts on the towers; the served profile match (not trained) helps both.
+    with_dropout = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True, towers_only=True)
+    without = _best_user_precision(world, world["models"]["no_dropout"], world["cold"], cold=True, towers_only=True)
     print(f"cold precision: dropout {with_dropout:.3f}, no dropout {without:.3f}")
     assert with_dropout > 1.5 * without, (with_dropout, without)  # measured 0.36 vs 0.17, 0.33 vs 0.13, 0.36 vs 0.16 (seeds 0-2)
 
@@ -422,8 +437,8 @@ def test_click_profiles_lift_warm_ranking_and_keep_cold_items(world):
     warm_with = _best_user_precision(world, world["models"]["dropout"], world["warm"], cold=False)
     warm_without = _best_user_precision(world, world["models"]["no_profiles"], world["warm"], cold=False)
     print(f"cold precision: profiles {with_profiles:.3f}, none {without:.3f}; warm {warm_with:.3f} vs {warm_without:.3f}")
-    # measured, training seeds 0-3: warm 0.491 / 0.489 / 0.489 / 0.484 vs 0.405 / 0.449 / 0.431 / 0.430;
-    # cold 0.359 / 0.370 / 0.386 / 0.368 vs 0.319 / 0.363 / 0.365 / 0.371
+    # measured (with the served profile match), training seeds 0-3: warm 0.493 / 0.491 / 0.494 /
+    # 0.488 vs 0.405 / 0.449 / 0.431 / 0.430; cold 0.370 / 0.367 / 0.376 / 0.368 vs 0.319 / 0.363 / 0.365 / 0.371
     assert warm_with > 1.05 * warm_without, (warm_with, warm_without)
     assert with_profiles > 0.95 * without, (with_profiles, without)
 

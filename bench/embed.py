@@ -8,12 +8,15 @@ untrained: the speed of a forward pass does not depend on their values.
 
     .venv/bin/python bench/embed.py                 # 200k users and 200k items
     .venv/bin/python bench/embed.py --rows 1000000 --threads 2 --batch-size 8192
+    .venv/bin/python bench/embed.py --compare-plain # also models without the profile match and
+                                                    # without click profiles, timed in the same run
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import sys
 import tempfile
@@ -51,7 +54,7 @@ def tables(rows: int, seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
     return users, items
 
 
-def make_model(directory: Path, users: pl.DataFrame, items: pl.DataFrame) -> None:
+def make_model(directory: Path, users: pl.DataFrame, items: pl.DataFrame, overrides: dict | None = None) -> None:
     import torch
 
     from coldrec.config import TrainConfig
@@ -68,7 +71,7 @@ def make_model(directory: Path, users: pl.DataFrame, items: pl.DataFrame) -> Non
             "label": rng.integers(0, 2, samples),
         }
     )
-    config = TrainConfig()
+    config = TrainConfig.from_dict(overrides or {}) if overrides else TrainConfig()
     spec = fit_spec(train, users, items, config.features)
     torch.manual_seed(0)
     model = build_model(spec, config.model)
@@ -81,6 +84,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: coldrec.embed.EMBED_BATCH_ROWS")
+    parser.add_argument("--compare-plain", action="store_true", help="also time models without the profile match and without click profiles")
     args = parser.parse_args()
 
     import torch
@@ -95,16 +99,22 @@ def main() -> None:
         users, items = tables(args.rows, seed=1)
         users.write_parquet(root / "users.parquet")
         items.write_parquet(root / "items.parquet")
-        make_model(root / "model", users, items)
+        models = {"defaults": None}
+        if args.compare_plain:
+            models["no match"] = {"model": {"profile_match": 0.0}}
+            models["plain"] = {"model": {"user_profile": False, "item_profile": False, "profile_match": 0.0}}
+        for name, overrides in models.items():
+            make_model(root / name, users, items, overrides)
         for side in ("users", "items"):
-            for cold in (False, True):
+            for cold, name in itertools.product((False, True), models):
                 started = time.perf_counter()
                 result = run_embed(
-                    model=root / "model", out=root / f"{side}_emb.parquet", cold=cold, batch_size=args.batch_size or EMBED_BATCH_ROWS,
+                    model=root / name, out=root / f"{side}_emb.parquet", cold=cold, batch_size=args.batch_size or EMBED_BATCH_ROWS,
                     **{side: root / f"{side}.parquet"},
                 )
                 seconds = time.perf_counter() - started
                 row = {
+                    "model": name,
                     "side": side,
                     "cold": cold,
                     "rows": result.rows,
@@ -116,10 +126,10 @@ def main() -> None:
     config = ModelConfig()
     print()
     print(f"model: dim {config.dim}, hidden {config.hidden}, embedding_dim {config.embedding_dim}; torch threads {args.threads}")
-    print("| side | --cold | rows | seconds | entities/s |")
-    print("|---|---|---|---|---|")
+    print("| model | side | --cold | rows | seconds | entities/s |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['side']} | {r['cold']} | {r['rows']:,} | {r['seconds']} | {r['entities_per_s']:,} |")
+        print(f"| {r['model']} | {r['side']} | {r['cold']} | {r['rows']:,} | {r['seconds']} | {r['entities_per_s']:,} |")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
 
 def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny, tmp_path):
     out = tmp_path / "model"
-    run_train(*_args(tiny), out, overrides=FAST)
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025})
     loaded = load_model(out)
     train = pl.read_parquet(tiny / "prep/train.parquet").filter(pl.col("label") == 1)
     for side, tower in (("user", loaded.model.user), ("item", loaded.model.item)):
@@ -423,7 +423,8 @@ def test_warm_quality_is_not_lost_with_dropout(world):
 
 
 def test_dropout_beats_no_dropout_on_cold_items(world):
-    # Input dropout acts on the towers; the served profile match (not trained) helps both.
+    # Input dropout acts on the towers (with `model.profile_match` > 0, the served match,
+    # which is not trained, would help both models alike).
     with_dropout = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True, towers_only=True)
     without = _best_user_precision(world, world["models"]["no_dropout"], world["cold"], cold=True, towers_only=True)
     print(f"cold precision: dropout {with_dropout:.3f}, no dropout {without:.3f}")
@@ -437,8 +438,8 @@ def test_click_profiles_lift_warm_ranking_and_keep_cold_items(world):
     warm_with = _best_user_precision(world, world["models"]["dropout"], world["warm"], cold=False)
     warm_without = _best_user_precision(world, world["models"]["no_profiles"], world["warm"], cold=False)
     print(f"cold precision: profiles {with_profiles:.3f}, none {without:.3f}; warm {warm_with:.3f} vs {warm_without:.3f}")
-    # measured (with the served profile match), training seeds 0-3: warm 0.493 / 0.491 / 0.494 /
-    # 0.488 vs 0.405 / 0.449 / 0.431 / 0.430; cold 0.370 / 0.367 / 0.376 / 0.368 vs 0.319 / 0.363 / 0.365 / 0.371
+    # measured, training seeds 0-3: warm 0.491 / 0.489 / 0.489 / 0.484 vs 0.405 / 0.449 / 0.431 / 0.430;
+    # cold 0.359 / 0.370 / 0.386 / 0.368 vs 0.319 / 0.363 / 0.365 / 0.371
     assert warm_with > 1.05 * warm_without, (warm_with, warm_without)
     assert with_profiles > 0.95 * without, (with_profiles, without)
 

@@ -755,14 +755,19 @@ def profile_width(spec: EntitySpec) -> int:
 
 def profile_edges(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.Tensor:
     """(numeric columns, PROFILE_NUMERIC_BUCKETS - 1): the inner quantiles of each numeric
-    column's (standardised) values over these entities, the bucket edges of `profile_matrix`."""
-    inner = torch.linspace(0, 1, PROFILE_NUMERIC_BUCKETS + 1)[1:-1].double()
-    rows = []
+    column's (standardised) values over these entities, the bucket edges of `profile_matrix`.
+
+    numpy's quantile, as in `fit_buckets`: torch.quantile refuses inputs above 2^24 values,
+    and a users table can be larger than that.
+    """
+    inner = np.linspace(0.0, 1.0, PROFILE_NUMERIC_BUCKETS + 1)[1:-1]
+    rows = np.zeros((len(spec.numeric_columns), len(inner)), dtype=np.float32)
     for position, _ in enumerate(spec.numeric_columns):
         values, missing = content["num"][:, 2 * position], content["num"][:, 2 * position + 1] > 0
-        known = values[~missing].double()
-        rows.append(torch.quantile(known, inner).float() if len(known) else torch.zeros(len(inner)))
-    return torch.stack(rows) if rows else torch.zeros(0, len(inner))
+        known = values[~missing].double().cpu().numpy()
+        if len(known):
+            rows[position] = np.quantile(known, inner)
+    return torch.from_numpy(rows)
 
 
 def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor], edges: torch.Tensor | None = None) -> torch.Tensor:

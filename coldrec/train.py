@@ -329,6 +329,8 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
     -> side -> (other side's entities, width): what a click adds, for the leave-one-out.
     Clicks are added `chunk` at a time, so the peak memory does not grow with the clicks.
     """
+    if not (model.user.profile_width or model.item.profile_width):
+        return {}  # (model.match needs the user profile)
     samples = data.splits["train"]
     clicked = samples.label > 0
     rows = {"user": samples.user_row[clicked], "item": samples.item_row[clicked]}  # (clicks,) each

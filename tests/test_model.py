@@ -303,3 +303,16 @@ def test_profile_match_zero_serves_the_plain_tower_output():
     assert torch.equal(model.embed("item", item_inputs), model.item(item_inputs))
     with pytest.raises(Exception, match="profile_match"):
         ModelConfig(profile_match=-0.1).validate()
+
+
+def test_profile_edges_work_beyond_torch_quantiles_size_limit():
+    from types import SimpleNamespace
+
+    from coldrec.features import PROFILE_NUMERIC_BUCKETS, profile_edges
+
+    values = torch.arange(2**24 + 8, dtype=torch.float32)  # torch.quantile refuses more than 2^24
+    spec = SimpleNamespace(numeric_columns=[object()])
+    edges = profile_edges(spec, {"num": torch.stack([values, torch.zeros_like(values)], dim=1)})
+    assert edges.shape == (1, PROFILE_NUMERIC_BUCKETS - 1)
+    expected = [(len(values) - 1) * q / PROFILE_NUMERIC_BUCKETS for q in range(1, PROFILE_NUMERIC_BUCKETS)]
+    assert torch.allclose(edges[0], torch.tensor(expected), rtol=1e-6)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 
 import polars as pl
 import pytest
@@ -20,23 +19,12 @@ torch.set_num_threads(1)
 FAST = {"training.epochs": 4, "training.batch_size": 128, "model.hidden": [16], "model.dim": 8, "training.lr": 0.05}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_labelled):
-    root = tmp_path_factory.mktemp("selection")
-    (root / "synth").symlink_to(tiny_labelled / "synth")
-    prep = root / "prep"
-    prep.mkdir()
-    for split in ("train.parquet", "valid.parquet"):
-        shutil.copy(tiny_labelled / split, prep / split)
-    return root
-
-
-def test_views_are_recall_with_the_preference_blocks_zeroed(world):
+def test_views_are_recall_with_the_preference_blocks_zeroed(tiny_labelled):
     config = load_config(None, {**FAST, "training.select_on": "mean_views"})
-    train = pl.read_parquet(world / "prep/train.parquet")
-    valid = pl.read_parquet(world / "prep/valid.parquet")
-    users = pl.read_parquet(world / "synth/users.parquet")
-    items = pl.read_parquet(world / "synth/items.parquet")
+    train = pl.read_parquet(tiny_labelled / "train.parquet")
+    valid = pl.read_parquet(tiny_labelled / "valid.parquet")
+    users = pl.read_parquet(tiny_labelled / "synth/users.parquet")
+    items = pl.read_parquet(tiny_labelled / "synth/items.parquet")
     spec = fit_spec(train, users, items, config.features)
     data = encode_dataset(spec, {"train": train, "valid": valid}, users, items)
     validation = build_validation(data, config)
@@ -58,16 +46,16 @@ def test_views_are_recall_with_the_preference_blocks_zeroed(world):
     assert metrics["recall@20_item_view"] != metrics["recall@20"] or metrics["recall@20_user_view"] != metrics["recall@20"]
 
 
-def test_select_on_mean_views_restores_its_best_epoch(world, tmp_path):
+def test_select_on_mean_views_restores_its_best_epoch(tiny_labelled, tmp_path):
     out = tmp_path / "model"
-    result = run_train(world / "prep", world / "synth/users.parquet", world / "synth/items.parquet", out, overrides={**FAST, "training.select_on": "mean_views"})
+    result = run_train(tiny_labelled, tiny_labelled / "synth/users.parquet", tiny_labelled / "synth/items.parquet", out, overrides={**FAST, "training.select_on": "mean_views"})
     history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     scores = [record["recall@20_mean_views"] for record in history]
     assert len(history) == 4 and all("recall@20_item_view" in r and "recall@20_user_view" in r for r in history)
     assert result.metric == "recall@20_mean_views"
     assert result.best_epoch == scores.index(max(scores)) + 1  # the first epoch with the best mean
     assert result.best_metric == pytest.approx(max(scores))
-    plain = run_train(world / "prep", world / "synth/users.parquet", world / "synth/items.parquet", tmp_path / "plain", overrides={**FAST, "training.select_on": "recall"})
+    plain = run_train(tiny_labelled, tiny_labelled / "synth/users.parquet", tiny_labelled / "synth/items.parquet", tmp_path / "plain", overrides={**FAST, "training.select_on": "recall"})
     assert plain.metric == "recall@20"  # Recall@K alone, no views computed
     assert "recall@20_mean_views" not in json.loads((tmp_path / "plain/train_log.jsonl").read_text().splitlines()[0])
 

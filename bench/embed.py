@@ -101,6 +101,7 @@ def main() -> None:
         items.write_parquet(root / "items.parquet")
         models = {"defaults": None}
         if args.compare_plain:
+            models["exact match"] = {"model": {"profile_match_rank": 0}}
             models["no match"] = {"model": {"profile_match": 0.0}}
             models["plain"] = {"model": {"user_profile": False, "item_profile": False, "profile_match": 0.0}}
         for name, overrides in models.items():

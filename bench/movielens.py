@@ -537,6 +537,17 @@ CANDIDATES.update({
     "r5+profiles_s2": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 2.0},
     "r5+profiles_s10": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 10.0},
 })
+# Round 8 served every item value slot (model.profile_match_rank arrived in round 9).
+for _overrides in CANDIDATES.values():
+    if _overrides is not CANDIDATES.get("defaults"):
+        _overrides.setdefault("model.profile_match_rank", 0)
+# Round 9: the profile match on by default, served through at most 24 principal directions.
+_R8 = {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.0, "model.profile_match_rank": 0}
+CANDIDATES.update({
+    "r8": dict(_R8),  # the defaults of round 8, spelled out
+    "r8+match0.025+rank24": {**_R8, "model.profile_match": 0.025, "model.profile_match_rank": 24},
+    "r8+match0.025+rank16": {**_R8, "model.profile_match": 0.025, "model.profile_match_rank": 16},
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

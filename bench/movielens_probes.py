@@ -48,7 +48,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -69,7 +69,10 @@ def main() -> None:
             vectors = []
             for k in range(args.models):
                 out = work / f"s{seed}" / f"model{k}"
-                run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides={"training.seed": seed + 100 * k})
+                overrides = {"training.seed": seed + 100 * k}
+                if args.probe in ("lowrank", "usermatch"):
+                    overrides["model.profile_match"] = 0.025
+                run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides=overrides)
                 model = load_model(out)
                 views = {
                     "user": (model.embed_users(users)[0], model.embed_users(users, cold=True)[0]),
@@ -94,6 +97,41 @@ def main() -> None:
                             V = vf.copy()
                             V[cold] = unit(vc[cold] + b * neighbour_mean)
                             line(seed, f"model {k} cold items + {b} x mean of {n} nearest warm", ml.evaluate_all(split, scorer(uf, V), ("cold_item",)))
+                elif args.probe == "lowrank":
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim, width = model.config.model.dim, model.model.match_width
+                    line(seed, f"model {k} exact match ({width} slots)", ml.evaluate_all(split, scorer(uf, vf)))
+                    line(seed, f"model {k} no match", ml.evaluate_all(split, scorer(uf[:, :dim], vf[:, :dim])))
+                    values = vf[:, dim : dim + width]  # (items, width): c * values / norm
+                    _, eigvecs = np.linalg.eigh(values.T @ values)
+                    for r in (4, 8, 12, 16, 24):
+                        basis = eigvecs[:, ::-1][:, :r]  # (width, r) top-r eigenvectors
+                        U = np.concatenate([uf[:, :dim], uf[:, dim : dim + width] @ basis], axis=1)
+                        V = np.concatenate([vf[:, :dim], values @ basis], axis=1)
+                        line(seed, f"model {k} match rank {r}", ml.evaluate_all(split, scorer(U, V)))
+                elif args.probe == "usermatch":
+                    import torch
+
+                    from coldrec.features import encode_for_serving, profile_edges, profile_matrix
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    cold_users = model.embed_users(users)[1]
+                    user_spec, item_spec = model.spec.side("user"), model.spec.side("item")
+                    user_inputs, _ = encode_for_serving(user_spec, users, stats=None, cold=False, path="users", stats_path="stats")
+                    item_inputs, _ = encode_for_serving(item_spec, items, stats=None, cold=False, path="items", stats_path="stats")
+                    with torch.inference_mode():
+                        values = profile_matrix(user_spec, user_inputs, profile_edges(user_spec, user_inputs)).numpy()  # (users, W)
+                        audience = model.model.item.profile(item_inputs).numpy()  # (items, W); 0 for items without a train click
+                    dim = model.config.model.dim
+                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # [u, c p_u, 0, pad]: cosine units
+                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf)))
+                    for w in (0.0025, 0.005, 0.01, 0.025):
+                        for scope in ("all", "cold"):
+                            vals = values if scope == "all" else values * cold_users[:, None]
+                            U = np.concatenate([base_u, np.sqrt(w) * vals], axis=1)
+                            V = np.concatenate([base_v, np.sqrt(w) * audience], axis=1)
+                            line(seed, f"model {k} user match {w} {scope}", ml.evaluate_all(split, scorer(U, V)))
                 else:
                     (uf, uc), (vf, vc) = views["user"], views["item"]
                     for bu in (0.0, 0.5, 1.0):

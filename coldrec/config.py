@@ -90,10 +90,13 @@ class ModelConfig:
     profile_smoothing: float = 5.0  # clicks' worth of the global shares mixed into each profile
     # Served scores add profile_match x (user's click profile . item's content values): a
     # naive-Bayes content match next to the cosine, in cosine units (x loss.scale in logits).
-    # Not trained; served through (item profile width + 2) extra vector dimensions, which
-    # makes `coldrec embed` and the index slower, hence off by default. Needs user_profile.
-    # 0.025 was best on MovieLens-100K validation (cold items +7%).
-    profile_match: float = 0.0
+    # Not trained; served through (profile_match_rank + 2) extra vector dimensions. Needs
+    # user_profile; 0 disables it. 0.025 was best on MovieLens-100K validation (cold items +7%).
+    profile_match: float = 0.025
+    # At most this many extra dimensions carry the match: when the item values have more
+    # slots, both sides are projected onto the items' top principal directions (the served
+    # score is then close to, not exactly, the match). 0 = every slot, exactly.
+    profile_match_rank: int = 24
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -105,6 +108,8 @@ class ModelConfig:
             raise ConfigError(f"model.content_aux_weight must be >= 0, got {self.content_aux_weight}", hint="e.g. 0.5, or 0 to disable")
         if not (0.0 <= self.profile_match < 1.0):
             raise ConfigError(f"model.profile_match must be in [0, 1), got {self.profile_match}", hint="e.g. 0.025 (cosine units), or 0 to disable")
+        if self.profile_match_rank < 0:
+            raise ConfigError(f"model.profile_match_rank must be >= 0, got {self.profile_match_rank}", hint="e.g. 24, or 0 for every slot")
         if not (self.profile_smoothing > 0.0 and math.isfinite(self.profile_smoothing)):
             raise ConfigError(f"model.profile_smoothing must be > 0, got {self.profile_smoothing}", hint="e.g. 5.0 (clicks' worth of the global shares)")
         for name in ("user_dropout_rate", "item_dropout_rate", "mlp_dropout"):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -770,6 +771,23 @@ def profile_edges(spec: EntitySpec, content: dict[str, torch.Tensor]) -> torch.T
     return torch.from_numpy(rows)
 
 
+def _profile_slots(spec: EntitySpec, content: dict[str, torch.Tensor], edges: torch.Tensor | None) -> Iterator[tuple[str, int, torch.Tensor]]:
+    """(role, width, slot indices) per column group of `profile_groups(spec)`: (entities,) for
+    a categorical or numeric column, (entities, bag) padded with PAD for a multi-hot one."""
+    if edges is None:
+        edges = profile_edges(spec, content)
+    for key, role, width in profile_groups(spec):
+        if role == "numeric":
+            position = int(key[3:])
+            values = content["num"][:, 2 * position].contiguous()  # (entities,) standardised
+            missing = content["num"][:, 2 * position + 1] > 0
+            index = torch.bucketize(values, edges[position].contiguous(), right=True)
+            index[missing] = PROFILE_NUMERIC_BUCKETS
+        else:
+            index = torch.where(content[key] < width, content[key], torch.full_like(content[key], OOV))
+        yield role, width, index
+
+
 def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor], edges: torch.Tensor | None = None) -> torch.Tensor:
     """(entities, profile_width(spec)) float32: each entity's values, every column group
     summing to 1 (what one click by / on it adds to the other side's profile).
@@ -778,24 +796,33 @@ def profile_matrix(spec: EntitySpec, content: dict[str, torch.Tensor], edges: to
     buckets `edges` (default: these entities' own quantiles, `profile_edges`); the last slot
     is missing.
     """
-    if edges is None:
-        edges = profile_edges(spec, content)
     parts = []
-    for key, role, width in profile_groups(spec):
-        if role == "numeric":
-            position = int(key[3:])
-            values = content["num"][:, 2 * position].contiguous()  # (entities,) standardised
-            missing = content["num"][:, 2 * position + 1] > 0
-            index = torch.bucketize(values, edges[position].contiguous(), right=True)
-            index[missing] = PROFILE_NUMERIC_BUCKETS
-            part = torch.nn.functional.one_hot(index, width).float()
+    for role, width, index in _profile_slots(spec, content, edges):
+        if role == "multi_hot":  # bags: (entities, bag) padded with 0
+            part = torch.zeros(index.shape[0], width, device=index.device).scatter_add_(1, index, (index > 0).float())
+            part[:, 0] = (part.sum(1) == 0).float()  # an empty bag counts as null
+            part = part / part.sum(1, keepdim=True)
         else:
-            index = torch.where(content[key] < width, content[key], torch.full_like(content[key], OOV))
-            if role == "categorical":
-                part = torch.nn.functional.one_hot(index, width).float()
-            else:  # bags: (entities, bag) padded with 0
-                part = torch.zeros(index.shape[0], width, device=index.device).scatter_add_(1, index, (index > 0).float())
-                part[:, 0] = (part.sum(1) == 0).float()  # an empty bag counts as null
-                part = part / part.sum(1, keepdim=True)
+            part = torch.nn.functional.one_hot(index, width).float()
         parts.append(part)
     return torch.cat(parts, dim=1) if parts else torch.zeros(len(next(iter(content.values()))), 0)
+
+
+def profile_projection(spec: EntitySpec, content: dict[str, torch.Tensor], edges: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """(entities, basis columns): `profile_matrix(spec, content, edges) @ basis` without the
+    dense (entities, profile_width) matrix: each group's rows of `basis` gathered (a bag's
+    averaged), so a wide vocabulary costs a few lookups per entity."""
+    out = None
+    offset = 0
+    for role, width, index in _profile_slots(spec, content, edges):
+        rows = basis[offset : offset + width]  # (width, rank)
+        offset += width
+        if role == "multi_hot":
+            weights = (index > 0).float()  # (entities, bag)
+            count = weights.sum(1, keepdim=True)  # (entities, 1)
+            part = torch.nn.functional.embedding_bag(index, rows, per_sample_weights=weights, mode="sum") / count.clamp(min=1.0)
+            part = torch.where(count > 0, part, rows[0])  # an empty bag counts as null
+        else:
+            part = torch.nn.functional.embedding(index, rows)
+        out = part if out is None else out + part
+    return out if out is not None else basis.new_zeros((len(next(iter(content.values()))), basis.shape[1]))

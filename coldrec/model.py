@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coldrec.config import ModelConfig
-from coldrec.features import PROFILE_NUMERIC_BUCKETS, EntitySpec, profile_groups, profile_matrix, profile_width
+from coldrec.features import PROFILE_NUMERIC_BUCKETS, EntitySpec, profile_groups, profile_matrix, profile_projection, profile_width
 
 EMBEDDING_INIT_STD = 0.1
 PROFILE_MATCH_CLIP = 3.0  # model.profile_match: profile slots beyond +-3 (20x over-clicked) count as 3
@@ -116,7 +116,7 @@ class Tower(nn.Module):
         """(batch, preference_width): id embedding ⊕ stats (⊕ profile); all zeros for a cold entity."""
         parts = [self.id_embedding(inputs["id"]), inputs["stats"]]
         if self.profile_width:
-            parts.append(self.profile(inputs))
+            parts.append(inputs["profile"] if "profile" in inputs else self.profile(inputs))  # (TwoTower.embed computes it once)
         return torch.cat(parts, dim=1)
 
     def profile(self, inputs: dict[str, Tensor]) -> Tensor:
@@ -159,18 +159,23 @@ class TwoTower(nn.Module):
         self.config = config
         self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0)
         self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0)
-        # model.profile_match: served vectors are user [u, c * p_u, 0, pad_u] and item
-        # [v, c * values_v, pad_v, 0] (u, v unit; c^2 = profile_match; p_u = the user's profile
-        # clipped to +-PROFILE_MATCH_CLIP), so u . v = cos + c^2 * p_u . values_v, and the pads
-        # fill every user vector and every item vector up to one norm per side: once normalised,
-        # ranking items for a user, or users for an item, by dot product (or angle) is ranking
-        # by that score.
+        # model.profile_match: served vectors are user [u, c * p_u B, 0, pad_u] and item
+        # [v, c * values_v B, pad_v, 0] (u, v unit; c^2 = profile_match; p_u = the user's
+        # profile clipped to +-PROFILE_MATCH_CLIP; B = identity, or with more slots than
+        # profile_match_rank the items' top principal directions `match_basis`), so u . v =
+        # cos + c^2 * p_u B B' values_v, and the pads fill every user vector and every item
+        # vector up to one norm per side: once normalised, ranking items for a user, or users
+        # for an item, by dot product (or angle) is ranking by that score.
         self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
         self.item_spec = item_spec
         self.output_dim = config.dim
         if self.match:
-            self.match_width = profile_width(item_spec)
+            self.value_width = profile_width(item_spec)  # slots of an item's values
+            rank = config.profile_match_rank
+            self.match_width = self.value_width if rank == 0 or rank >= self.value_width else rank  # served dims
             self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
+            if self.match_width < self.value_width:
+                self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
             self.output_dim = config.dim + self.match_width + 2
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
@@ -203,6 +208,8 @@ class TwoTower(nn.Module):
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, output_dim) embeddings of one side, no dropout."""
         tower = self.user if side == "user" else self.item
+        if self.match and side == "user":
+            inputs = {**inputs, "profile": tower.profile(inputs)}  # for the tower and the match
         return self.served(side, tower(inputs, None), inputs, None)
 
     def served(self, side: str, out: Tensor, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
@@ -212,13 +219,19 @@ class TwoTower(nn.Module):
         c = self.match**0.5
         zero = out.new_zeros((out.shape[0], 1))
         if side == "user":
-            profile = self.user.profile(inputs).clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c  # (batch, match_width); 0 when cold
+            profile = inputs["profile"] if "profile" in inputs else self.user.profile(inputs)  # (batch, value_width); 0 when cold
+            profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c
             if drop is not None:
                 profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
-            ceiling = self.match * self.match_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2
+            if hasattr(self, "match_basis"):
+                profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
+            ceiling = self.match * self.value_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2 (projecting only shrinks it)
             pad = torch.sqrt((ceiling - profile.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
             return torch.cat([F.normalize(out, dim=1), profile, zero, pad], dim=1)
-        values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, match_width)
+        if hasattr(self, "match_basis"):
+            values = profile_projection(self.item_spec, inputs, self.item_value_edges, self.match_basis) * c  # (batch, match_width)
+        else:
+            values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, value_width)
         # Each column group of values sums to 1, so its squared norm is at most 1.
         ceiling = self.match * len(profile_groups(self.item_spec))
         pad = torch.sqrt((ceiling - values.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
@@ -383,7 +396,8 @@ def load_model(model_dir) -> LoadedModel:
         raise IncompatibleModel(f"corrupt weights file ({str(error).splitlines()[0] if str(error) else type(error).__name__})", path=directory / WEIGHTS_FILE, hint="copy the model again or retrain it") from None
     try:
         spec = FeatureSpec.from_dict(document["features"])
-        model_config = ModelConfig(**document["model"])
+        # Models written before model.profile_match_rank existed served every slot.
+        model_config = ModelConfig(**{"profile_match_rank": 0, **document["model"]})
     except (KeyError, TypeError) as error:
         raise IncompatibleModel(f"malformed {SPEC_FILE} ({error})", path=directory / SPEC_FILE, hint="retrain the model") from None
     config = TrainConfig(model=model_config)

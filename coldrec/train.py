@@ -336,13 +336,15 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
     rows = {"user": samples.user_row[clicked], "item": samples.item_row[clicked]}  # (clicks,) each
     out = {}
     edges = {side: profile_edges(spec.side(side), data.entity(side).content) for side in ("user", "item")}
-    if model.match:
-        model.item_value_edges.copy_(edges["item"])  # served items' values use the training buckets
     for side, other in (("user", "item"), ("item", "user")):
         tower = model.user if side == "user" else model.item
         if not tower.profile_width:
             continue
         per_entity = profile_matrix(spec.side(other), data.entity(other).content, edges[other])  # (others, width)
+        if side == "user" and model.match:
+            model.item_value_edges.copy_(edges["item"])  # served items' values use the training buckets
+            if hasattr(model, "match_basis"):
+                _fit_match_basis(model, per_entity)
         id_rows = data.entity(side).id_index.index_select(0, rows[side])  # (clicks,)
         with torch.no_grad():
             tower.profile_sum.zero_()
@@ -358,6 +360,22 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
         log.info(f"{side} click profiles: {tower.profile_width} slots x {tower.profile_sum.shape[0]:,} ids ({mib:,.1f} MiB)")
         out[side] = per_entity
     return out
+
+
+def _fit_match_basis(model: TwoTower, values: Tensor, chunk: int = 1 << 16) -> None:
+    """model.profile_match_rank: the top principal directions of the items' values (rows of
+    `values`, (items, value_width)), the eigenvectors of their second-moment matrix, so
+    values B B' keeps as much of each item's values as `match_width` directions can."""
+    moment = torch.zeros(values.shape[1], values.shape[1], dtype=torch.float64)
+    for start in range(0, len(values), chunk):
+        part = values[start : start + chunk].double()
+        moment += part.T @ part
+    eigenvalues, eigenvectors = torch.linalg.eigh(moment)  # ascending
+    top = eigenvectors[:, -model.match_width :].flip(1)  # (value_width, match_width)
+    model.match_basis.copy_(top.float())
+    kept = float(eigenvalues[-model.match_width :].sum() / eigenvalues.sum().clamp(min=1e-12))
+    log.info(f"profile match: {model.match_width} of {model.value_width} item value slots served, "
+             f"{kept:.0%} of the values' energy kept (model.profile_match_rank)")
 
 
 def _leave_one_out(profiles: dict[str, Tensor], user_inputs: dict, item_inputs: dict, user_row: Tensor, item_row: Tensor, label: Tensor) -> None:

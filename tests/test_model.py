@@ -207,6 +207,13 @@ def test_profile_matrix_rows_split_one_click_over_each_columns_values():
     assert year[2, PROFILE_NUMERIC_BUCKETS] == 1.0  # missing
     buckets = year[[0, 1, 3, 4]].argmax(1)
     assert list(buckets) == sorted(buckets) and buckets[0] < buckets[-1]  # ordered quantile buckets
+    # The served projection gathers basis rows instead: the same as the matrix times the basis.
+    from coldrec.features import profile_edges, profile_projection
+
+    content = encode_content(spec.item, items, "items.parquet")
+    basis = torch.linalg.qr(torch.randn(matrix.shape[1], 3, generator=torch.Generator().manual_seed(0)))[0]  # (width, 3)
+    projected = profile_projection(spec.item, content, profile_edges(spec.item, content), basis)
+    assert torch.allclose(projected, torch.from_numpy(matrix) @ basis, atol=1e-6)
 
 
 def _profile_model():
@@ -292,6 +299,34 @@ def test_served_scores_are_the_cosine_plus_the_profile_match():
     assert user_inputs["id"][3] == 0 and torch.equal(served_users[3, 16 : 16 + width], torch.zeros(width))
     cold_view = model.content_view("user", user_inputs)
     assert torch.equal(cold_view[:, 16 : 16 + width], torch.zeros(4, width))
+
+
+def test_profile_match_rank_projects_both_sides_onto_the_basis():
+    from coldrec.features import profile_groups, profile_matrix, profile_width
+
+    spec, users, items, stats = _spec()
+    width = profile_width(spec.item)
+    torch.manual_seed(0)
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, profile_match_rank=2))
+    model.eval()
+    assert width > 2 and model.match_width == 2 and model.output_dim == 16 + 2 + 2
+    with torch.no_grad():
+        model.match_basis.copy_(torch.linalg.qr(torch.randn(width, 2))[0])  # orthonormal columns
+        model.user.profile_sum.uniform_(0.0, 2.0)
+        model.user.profile_count.fill_(2.0)
+        model.user.profile_sum[0] = 0.0
+        model.user.profile_count[0] = 0.0
+        model.user.profile_prior.fill_(0.3)
+    user_inputs, item_inputs = _inputs(spec, users, items, stats)
+    served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
+    cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
+    basis = model.match_basis
+    match = (model.user.profile(user_inputs) @ basis) @ (profile_matrix(spec.item, item_inputs, model.item_value_edges) @ basis).T
+    assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match, atol=1e-5)
+    assert torch.allclose(served_items.norm(dim=1), torch.full((4,), (1 + 0.04 * len(profile_groups(spec.item))) ** 0.5), atol=1e-5)
+    assert torch.allclose(served_users.norm(dim=1), torch.full((4,), (1 + 0.04 * width * 9.0) ** 0.5), atol=1e-4)
+    with pytest.raises(Exception, match="profile_match_rank"):
+        ModelConfig(profile_match_rank=-1).validate()
 
 
 def test_profile_match_zero_serves_the_plain_tower_output():

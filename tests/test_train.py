@@ -125,15 +125,24 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
         groups = len(profile_groups(other))
         assert np.allclose(tower.profile_sum.numpy().sum(1), expected * groups, atol=1e-3)  # one unit per column group per click
         assert tower.profile_prior.min() > 0 and float(tower.profile_prior.sum()) == pytest.approx(groups, abs=0.01)  # shares per group
-    # Served vectors carry the profile match: dim + item profile width + 1; the value buckets
-    # are the quantiles of the training run's items table, saved, so a new item served later is
-    # bucketed the same way.
-    from coldrec.features import encode_content, profile_edges, profile_width
+    # Served vectors carry the profile match: dim + model.profile_match_rank (24, fewer than
+    # the items' value slots here) + 2; the value buckets are the quantiles of the training
+    # run's items table, saved, so a new item served later is bucketed the same way.
+    from coldrec.features import encode_content, profile_edges, profile_matrix, profile_width
 
-    assert loaded.dim == 16 + profile_width(loaded.spec.item) + 2
+    width = profile_width(loaded.spec.item)
+    assert width > 24 and loaded.model.match_width == 24 and loaded.dim == 16 + 24 + 2
     items = pl.read_parquet(tiny / "synth/items.parquet")
-    edges = profile_edges(loaded.spec.item, encode_content(loaded.spec.item, items, "items"))
+    content = encode_content(loaded.spec.item, items, "items")
+    edges = profile_edges(loaded.spec.item, content)
     assert torch.allclose(loaded.model.item_value_edges, edges) and len(edges) > 0
+    # The saved basis: orthonormal columns, the items' top principal directions, so it keeps
+    # more of the items' values than any other 24 directions, e.g. the first 24 slots.
+    basis = loaded.model.match_basis  # (width, 24)
+    assert torch.allclose(basis.T @ basis, torch.eye(24), atol=1e-4)
+    values = profile_matrix(loaded.spec.item, content, edges)  # (items, width)
+    kept = (values @ basis).pow(2).sum() / values.pow(2).sum()
+    assert kept > values[:, :24].pow(2).sum() / values.pow(2).sum() and kept > 0.8
     # Served warm users carry their profile: zeroing it changes their vectors.
     users = pl.read_parquet(tiny / "synth/users.parquet")
     with_profile, _ = loaded.embed_users(users)
@@ -143,6 +152,22 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
     without, _ = loaded.embed_users(users)
     known = users["user_id"].is_in(loaded.spec.user.ids).to_numpy()
     assert not np.allclose(with_profile[known], without[known], atol=1e-4)
+
+
+def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(tiny, tmp_path):
+    import json
+
+    from coldrec.features import profile_width
+
+    out = tmp_path / "model"
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0})
+    width = profile_width(load_model(out).spec.item)
+    assert load_model(out).dim == 16 + width + 2 and not hasattr(load_model(out).model, "match_basis")
+    # spec.json of a model written before profile_match_rank existed: read as every slot.
+    document = json.loads((out / "spec.json").read_text())
+    del document["model"]["profile_match_rank"]
+    (out / "spec.json").write_text(json.dumps(document))
+    assert load_model(out).dim == 16 + width + 2
 
 
 def test_leave_one_out_skips_ids_without_a_row_and_negatives():

@@ -29,6 +29,7 @@ files are never read in that mode.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import shutil
 import statistics
@@ -214,9 +215,16 @@ def evaluate_all(split: Split, scorer: Scorer, scenarios=SCENARIOS) -> dict[str,
 # --------------------------------------------------------------------------- methods
 
 
-def popularity(split: Split, items: pl.DataFrame) -> tuple[Scorer, float]:
+def popularity(split: Split, items: pl.DataFrame, days: float = 0.0) -> tuple[Scorer, float]:
+    """Train clicks per item; with `days`, only the clicks of the last `days` days of train
+    (every train item counts, with 0 clicks if none were that recent)."""
     started = time.perf_counter()
-    counts = split.train.filter(pl.col("label") == 1).group_by("item_id").len("n")
+    clicks = split.train.filter(pl.col("label") == 1)
+    if days:
+        recent = clicks.filter(pl.col("ts") > split.train["ts"].max() - dt.timedelta(days=days)).group_by("item_id").len("n")
+        counts = split.train.select("item_id").unique().join(recent, on="item_id", how="left").with_columns(pl.col("n").fill_null(0))
+    else:
+        counts = clicks.group_by("item_id").len("n")
     table = items.select("item_id", "genres").join(counts, on="item_id", how="left")
     # A cold item's popularity: the mean train popularity of the warm items sharing its genres.
     genre = table.filter(pl.col("n").is_not_null()).explode("genres").group_by("genres").agg(pl.col("n").mean().alias("g"))
@@ -537,22 +545,37 @@ CANDIDATES.update({
     "r5+profiles_s2": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 2.0},
     "r5+profiles_s10": {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_smoothing": 10.0},
 })
-# Round 8 served every item value slot (model.profile_match_rank arrived in round 9).
+# Round 8 served every item value slot (model.profile_match_rank arrived in round 9), and
+# rounds 1-8 had no popularity prior.
 for _overrides in CANDIDATES.values():
     if _overrides is not CANDIDATES.get("defaults"):
         _overrides.setdefault("model.profile_match_rank", 0)
+        _overrides.setdefault("model.popularity_prior", 0.0)
 # Round 9: the profile match on by default, served through at most 24 principal directions.
-_R8 = {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.0, "model.profile_match_rank": 0}
+_R8 = {**_R5, "model.user_profile": True, "model.item_profile": True, "model.profile_match": 0.0, "model.profile_match_rank": 0, "model.popularity_prior": 0.0}
 CANDIDATES.update({
     "r8": dict(_R8),  # the defaults of round 8, spelled out
     "r8+match0.025+rank24": {**_R8, "model.profile_match": 0.025, "model.profile_match_rank": 24},
     "r8+match0.025+rank16": {**_R8, "model.profile_match": 0.025, "model.profile_match_rank": 16},
 })
+# Round 9, second part: the served popularity prior (model.popularity_prior, cosine units per
+# unit of log recent clicks) over the last model.popularity_days days of train clicks.
+_R9 = {**_R8, "model.profile_match": 0.025, "model.profile_match_rank": 24}
+CANDIDATES.update({
+    "r9": dict(_R9),
+    "r9+prior0.05": {**_R9, "model.popularity_prior": 0.05, "model.popularity_days": 30.0},
+    "r9+prior0.1": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 30.0},
+    "r9+prior0.2": {**_R9, "model.popularity_prior": 0.2, "model.popularity_days": 30.0},
+    "r9+prior0.1_d14": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 14.0},
+    "r9+prior0.1_all": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 0.0},
+    "r9+prior0.15": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 30.0},
+    "r9+prior0.15_d60": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 60.0},
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
     users, items = content_tables(data)
-    results: dict[str, list[dict]] = {"coldrec (defaults)": [], "popularity": [], "LightFM hybrid": [], "LightFM no features": []}
+    results: dict[str, list[dict]] = {"coldrec (defaults)": [], "popularity": [], "popularity, last 30 days": [], "LightFM hybrid": [], "LightFM no features": []}
     for seed in range(args.seeds):
         seed_dir = work / f"seed{seed}"
         seed_dir.mkdir(parents=True)
@@ -567,6 +590,8 @@ def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
         say(f"seed {seed}: coldrec {json.dumps(metrics)} train {times['train']:.1f}s pipeline {pipeline:.1f}s")
         scorer, seconds = popularity(split, items)
         results["popularity"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
+        scorer, seconds = popularity(split, items, days=30.0)
+        results["popularity, last 30 days"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
         scorer, seconds = lightfm(split, users, items, peer, features=True, seed=seed, epochs=args.lightfm_epochs, work=seed_dir)
         results["LightFM hybrid"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
         scorer, seconds = lightfm(split, users, items, peer, features=False, seed=seed, epochs=args.lightfm_epochs, work=seed_dir)

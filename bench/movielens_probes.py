@@ -38,8 +38,11 @@ from coldrec.model import load_model  # noqa: E402
 from coldrec.train import run_train, set_threads  # noqa: E402
 
 
+SCENARIOS_PLUS = (*ml.SCENARIOS, *ml.WARM_PARTS)
+
+
 def line(seed: int, label: str, metrics: dict) -> None:
-    print(f"seed {seed} {label}: " + " ".join(f"{s} {metrics[s]['recall@20']:.4f}/{metrics[s]['ndcg@20']:.4f}" for s in ml.SCENARIOS if s in metrics), flush=True)
+    print(f"seed {seed} {label}: " + " ".join(f"{s} {metrics[s]['recall@20']:.4f}/{metrics[s]['ndcg@20']:.4f}" for s in SCENARIOS_PLUS if s in metrics), flush=True)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -48,7 +51,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -109,6 +112,26 @@ def main() -> None:
                         U = np.concatenate([uf[:, :dim], uf[:, dim : dim + width] @ basis], axis=1)
                         V = np.concatenate([vf[:, :dim], values @ basis], axis=1)
                         line(seed, f"model {k} match rank {r}", ml.evaluate_all(split, scorer(U, V)))
+                elif args.probe == "recency":
+                    import polars as pl
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim = model.config.model.dim
+                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # cosine units
+                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)
+                    history = pl.concat([split.train, split.frames["valid"]]).filter(pl.col("label") == 1)
+                    end = history["ts"].max()
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf), SCENARIOS_PLUS))
+                    for days in (14, 30):
+                        counts = history.filter(pl.col("ts") > end - pl.duration(days=days)).group_by("item_id").len("n")
+                        recent = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
+                        bias = np.log1p(np.array([recent.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64))[:, None]  # (items, 1)
+                        ones = np.ones((len(base_u), 1))
+                        line(seed, f"recent popularity {days}d alone", ml.evaluate_all(split, scorer(ones, bias), SCENARIOS_PLUS))
+                        for w in (0.02, 0.05, 0.1, 0.2):
+                            U = np.concatenate([base_u, w * ones], axis=1)
+                            V = np.concatenate([base_v, bias], axis=1)
+                            line(seed, f"model {k} + {w} x log1p(clicks last {days}d)", ml.evaluate_all(split, scorer(U, V), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

@@ -97,6 +97,13 @@ class ModelConfig:
     # slots, both sides are projected onto the items' top principal directions (the served
     # score is then close to, not exactly, the match). 0 = every slot, exactly.
     profile_match_rank: int = 24
+    # Served scores also add popularity_prior x log((c + 1) / (c_max + 1)), c = the item's
+    # train clicks in the last popularity_days days (before the last train sample; 0 = all
+    # days), c_max the largest c: a trending prior, <= 0, equal for every item without a
+    # click (all new items alike). Not trained; served through one more vector dimension.
+    # Ranks items for a user, never users for an item. 0 disables it.
+    popularity_prior: float = 0.1
+    popularity_days: float = 30.0
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -108,6 +115,10 @@ class ModelConfig:
             raise ConfigError(f"model.content_aux_weight must be >= 0, got {self.content_aux_weight}", hint="e.g. 0.5, or 0 to disable")
         if not (0.0 <= self.profile_match < 1.0):
             raise ConfigError(f"model.profile_match must be in [0, 1), got {self.profile_match}", hint="e.g. 0.025 (cosine units), or 0 to disable")
+        if not (0.0 <= self.popularity_prior < 10.0):
+            raise ConfigError(f"model.popularity_prior must be in [0, 10), got {self.popularity_prior}", hint="e.g. 0.1 (cosine units per unit of log popularity), or 0 to disable")
+        if not (self.popularity_days >= 0.0 and math.isfinite(self.popularity_days)):
+            raise ConfigError(f"model.popularity_days must be >= 0, got {self.popularity_days}", hint="e.g. 30, or 0 for every train click")
         if self.profile_match_rank < 0:
             raise ConfigError(f"model.profile_match_rank must be >= 0, got {self.profile_match_rank}", hint="e.g. 24, or 0 for every slot")
         if not (self.profile_smoothing > 0.0 and math.isfinite(self.profile_smoothing)):

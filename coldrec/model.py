@@ -166,9 +166,15 @@ class TwoTower(nn.Module):
         # cos + c^2 * p_u B B' values_v, and the pads fill every user vector and every item
         # vector up to one norm per side: once normalised, ranking items for a user, or users
         # for an item, by dot product (or angle) is ranking by that score.
+        # model.popularity_prior: one more dimension, c_r for every user and c_r * r_v for an
+        # item (c_r^2 = popularity_prior, r_v = `item_popularity` of its id row, <= 0, the
+        # lowest for an item without a row), inside the item's pad: u . v gains
+        # popularity_prior * r_v.
         self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
+        self.prior = config.popularity_prior if normalize else 0.0
         self.item_spec = item_spec
         self.output_dim = config.dim
+        self.match_width = 0
         if self.match:
             self.value_width = profile_width(item_spec)  # slots of an item's values
             rank = config.profile_match_rank
@@ -176,7 +182,10 @@ class TwoTower(nn.Module):
             self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
             if self.match_width < self.value_width:
                 self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
-            self.output_dim = config.dim + self.match_width + 2
+        if self.prior:
+            self.register_buffer("item_popularity", torch.zeros(item_spec.n_ids))  # filled by train
+        if self.match or self.prior:
+            self.output_dim = config.dim + self.match_width + (1 if self.prior else 0) + 2
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(batch,) bool masks: True = drop that row's user (item) preference block."""
@@ -213,29 +222,54 @@ class TwoTower(nn.Module):
         return self.served(side, tower(inputs, None), inputs, None)
 
     def served(self, side: str, out: Tensor, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
-        """The tower output (batch, dim) with the profile-match dimensions (if any) appended."""
-        if not self.match:
+        """The tower output (batch, dim) with the profile-match and popularity-prior
+        dimensions (if any) appended."""
+        if not (self.match or self.prior):
             return out
-        c = self.match**0.5
+        parts = [F.normalize(out, dim=1)]
         zero = out.new_zeros((out.shape[0], 1))
         if side == "user":
-            profile = inputs["profile"] if "profile" in inputs else self.user.profile(inputs)  # (batch, value_width); 0 when cold
-            profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c
-            if drop is not None:
-                profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
+            ceiling = 0.0
+            if self.match:
+                c = self.match**0.5
+                profile = inputs["profile"] if "profile" in inputs else self.user.profile(inputs)  # (batch, value_width); 0 when cold
+                profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c
+                if drop is not None:
+                    profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
+                if hasattr(self, "match_basis"):
+                    profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
+                parts.append(profile)
+                ceiling = self.match * self.value_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2 (projecting only shrinks it)
+                filled = profile.pow(2).sum(1, keepdim=True)
+            else:
+                filled = zero
+            if self.prior:
+                parts.append(out.new_full((out.shape[0], 1), self.prior**0.5))  # the same for every user
+            pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
+            return torch.cat([*parts, zero, pad], dim=1)
+        ceiling = 0.0
+        filled = zero
+        if self.match:
+            c = self.match**0.5
             if hasattr(self, "match_basis"):
-                profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
-            ceiling = self.match * self.value_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2 (projecting only shrinks it)
-            pad = torch.sqrt((ceiling - profile.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
-            return torch.cat([F.normalize(out, dim=1), profile, zero, pad], dim=1)
-        if hasattr(self, "match_basis"):
-            values = profile_projection(self.item_spec, inputs, self.item_value_edges, self.match_basis) * c  # (batch, match_width)
-        else:
-            values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, value_width)
-        # Each column group of values sums to 1, so its squared norm is at most 1.
-        ceiling = self.match * len(profile_groups(self.item_spec))
-        pad = torch.sqrt((ceiling - values.pow(2).sum(1, keepdim=True)).clamp(min=0.0))  # (batch, 1)
-        return torch.cat([F.normalize(out, dim=1), values, pad, zero], dim=1)
+                values = profile_projection(self.item_spec, inputs, self.item_value_edges, self.match_basis) * c  # (batch, match_width)
+            else:
+                values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, value_width)
+            parts.append(values)
+            # Each column group of values sums to 1, so its squared norm is at most 1.
+            ceiling = self.match * len(profile_groups(self.item_spec))
+            filled = values.pow(2).sum(1, keepdim=True)
+        if self.prior:
+            prior = self.item_popularity.index_select(0, inputs["id"]).unsqueeze(1)  # (batch, 1) <= 0
+            floor = self.item_popularity[0]  # an item without a row: no click, the lowest value
+            if drop is not None:
+                prior = torch.where(drop.unsqueeze(1), floor, prior)
+            prior = prior * self.prior**0.5
+            parts.append(prior)
+            ceiling = ceiling + self.prior * float(floor) ** 2
+            filled = filled + prior.pow(2)
+        pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
+        return torch.cat([*parts, pad, zero], dim=1)
 
 
 # --------------------------------------------------------------------------- the model directory
@@ -396,8 +430,9 @@ def load_model(model_dir) -> LoadedModel:
         raise IncompatibleModel(f"corrupt weights file ({str(error).splitlines()[0] if str(error) else type(error).__name__})", path=directory / WEIGHTS_FILE, hint="copy the model again or retrain it") from None
     try:
         spec = FeatureSpec.from_dict(document["features"])
-        # Models written before model.profile_match_rank existed served every slot.
-        model_config = ModelConfig(**{"profile_match_rank": 0, **document["model"]})
+        # Models written before model.profile_match_rank existed served every slot; before
+        # model.popularity_prior, no prior.
+        model_config = ModelConfig(**{"profile_match_rank": 0, "popularity_prior": 0.0, **document["model"]})
     except (KeyError, TypeError) as error:
         raise IncompatibleModel(f"malformed {SPEC_FILE} ({error})", path=directory / SPEC_FILE, hint="retrain the model") from None
     config = TrainConfig(model=model_config)

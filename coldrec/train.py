@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime as dt
 import functools
 import json
 import math
@@ -48,6 +49,7 @@ from coldrec.features import (
     FeatureSpec,
     encode_dataset,
     fit_spec,
+    id_indices,
     profile_edges,
     profile_matrix,
     with_day,
@@ -360,6 +362,24 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
         log.info(f"{side} click profiles: {tower.profile_width} slots x {tower.profile_sum.shape[0]:,} ids ({mib:,.1f} MiB)")
         out[side] = per_entity
     return out
+
+
+def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float) -> None:
+    """model.popularity_prior: `item_popularity` = log((c + 1) / (c_max + 1)) per item id row,
+    c = the row's train clicks with ts in the last `days` days before the last train sample
+    (every click with days = 0); the cold row 0, and every item without such a click, gets
+    the floor log(1 / (c_max + 1))."""
+    clicks = frame.filter(pl.col("label") > 0)
+    if days > 0:
+        clicks = clicks.filter(pl.col("ts") > frame["ts"].max() - dt.timedelta(days=days))
+    rows = torch.from_numpy(id_indices(spec.item, clicks["item_id"]))  # (recent clicks,)
+    counts = torch.bincount(rows, minlength=model.item_popularity.shape[0]).double()  # (item id rows,)
+    counts[0] = 0.0  # ids without a row share row 0: served as new items
+    c_max = float(counts.max())
+    with torch.no_grad():
+        model.item_popularity.copy_(torch.log((counts + 1.0) / (c_max + 1.0)).float())
+    span = f"the last {days:g} days" if days > 0 else "all days"
+    log.info(f"popularity prior: {len(clicks):,} train clicks of {span} on {int((counts > 0).sum()):,} items (the most clicked: {int(c_max):,})")
 
 
 def _fit_match_basis(model: TwoTower, values: Tensor, chunk: int = 1 << 16) -> None:
@@ -815,6 +835,8 @@ def run_train(
         moved = transfer_weights(model, spec, old_model, loss)
         log.info(f"warm start from {init_from}: {moved['copied']} tensors carried over, {moved['fresh']} fresh")
     profiles = _fill_profiles(model, data, spec)  # side -> (other side's entities, width); after the warm start: data, not weights
+    if model.prior:
+        _fill_popularity(model, train, spec, config.model.popularity_days)
     step_module = TrainStep(model, loss, objective, dist).to(torch_device)
     data = data.to(torch_device)
     samples = data.splits["train"]

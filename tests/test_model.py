@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import polars as pl
 import pytest
@@ -276,7 +277,7 @@ def test_served_scores_are_the_cosine_plus_the_profile_match():
 
     spec, users, items, stats = _spec()
     torch.manual_seed(0)
-    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04))
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, popularity_prior=0.0))
     model.eval()
     width = profile_width(spec.item)
     assert model.output_dim == 16 + width + 2
@@ -307,7 +308,7 @@ def test_profile_match_rank_projects_both_sides_onto_the_basis():
     spec, users, items, stats = _spec()
     width = profile_width(spec.item)
     torch.manual_seed(0)
-    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, profile_match_rank=2))
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, profile_match_rank=2, popularity_prior=0.0))
     model.eval()
     assert width > 2 and model.match_width == 2 and model.output_dim == 16 + 2 + 2
     with torch.no_grad():
@@ -329,9 +330,50 @@ def test_profile_match_rank_projects_both_sides_onto_the_basis():
         ModelConfig(profile_match_rank=-1).validate()
 
 
+def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
+    from coldrec.features import profile_groups, profile_matrix
+
+    spec, users, items, stats = _spec()
+    torch.manual_seed(0)
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, popularity_prior=0.1))
+    model.eval()
+    width = model.match_width
+    assert model.output_dim == 16 + width + 1 + 2
+    popularity = torch.log(torch.tensor([0.0, 5.0, 0.0, 2.0]) + 1.0) - math.log(6.0)  # rows: cold, item 1, 2, 3
+    with torch.no_grad():
+        model.item_popularity.copy_(popularity)
+    user_inputs, item_inputs = _inputs(spec, users, items, stats)
+    served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
+    cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
+    match = model.user.profile(user_inputs).clamp(-3, 3) @ profile_matrix(spec.item, item_inputs, model.item_value_edges).T
+    prior = popularity[item_inputs["id"]]  # (4,): item 4 has no row, so the floor
+    assert item_inputs["id"][3] == 0 and prior[3] == popularity[0] == prior.min()
+    assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match + 0.1 * prior, atol=1e-5)
+    # One norm per side: ranking by angle is ranking by that score, and the prior, the same
+    # for every user, moves no user up or down for a given item.
+    assert torch.allclose(served_items.norm(dim=1), torch.full((4,), (1 + 0.04 * len(profile_groups(spec.item)) + 0.1 * math.log(6.0) ** 2) ** 0.5), atol=1e-5)
+    assert torch.allclose(served_users.norm(dim=1), served_users.norm(dim=1)[0].expand(4), atol=1e-5)
+    # The content-only view of an item is served as a new item: the floor.
+    cold_view = model.content_view("item", item_inputs)
+    assert torch.allclose(cold_view[:, 16 + width], torch.full((4,), 0.1**0.5 * float(popularity[0])))
+    # The prior alone (no match): one dimension plus the two pads.
+    alone = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0, popularity_prior=0.1))
+    alone.eval()
+    with torch.no_grad():
+        alone.item_popularity.copy_(popularity)
+    assert alone.output_dim == 16 + 1 + 2
+    cosine = F.normalize(alone.user(user_inputs), dim=1) @ F.normalize(alone.item(item_inputs), dim=1).T
+    served = alone.embed("user", user_inputs) @ alone.embed("item", item_inputs).T
+    assert torch.allclose(served, cosine + 0.1 * prior, atol=1e-5)
+    with pytest.raises(Exception, match="popularity_prior"):
+        ModelConfig(popularity_prior=-1.0).validate()
+    with pytest.raises(Exception, match="popularity_days"):
+        ModelConfig(popularity_days=-1.0).validate()
+
+
 def test_profile_match_zero_serves_the_plain_tower_output():
     spec, users, items, stats = _spec()
-    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0))
+    model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0, popularity_prior=0.0))
     model.eval()
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     assert model.output_dim == 16

@@ -108,7 +108,7 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
 
 def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny, tmp_path):
     out = tmp_path / "model"
-    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025})
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.popularity_prior": 0.0})
     loaded = load_model(out)
     train = pl.read_parquet(tiny / "prep/train.parquet").filter(pl.col("label") == 1)
     for side, tower in (("user", loaded.model.user), ("item", loaded.model.item)):
@@ -160,7 +160,7 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     from coldrec.features import profile_width
 
     out = tmp_path / "model"
-    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0})
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0, "model.popularity_prior": 0.0})
     width = profile_width(load_model(out).spec.item)
     assert load_model(out).dim == 16 + width + 2 and not hasattr(load_model(out).model, "match_basis")
     # spec.json of a model written before profile_match_rank existed: read as every slot.
@@ -168,6 +168,31 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     del document["model"]["profile_match_rank"]
     (out / "spec.json").write_text(json.dumps(document))
     assert load_model(out).dim == 16 + width + 2
+
+
+def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path):
+    out = tmp_path / "model"
+    run_train(*_args(tiny), out, overrides={**FAST, "model.popularity_prior": 0.1, "model.popularity_days": 2.0})
+    loaded = load_model(out)
+    train = pl.read_parquet(tiny / "prep/train.parquet")
+    recent = train.filter((pl.col("label") == 1) & (pl.col("ts") > train["ts"].max() - dt.timedelta(days=2)))
+    counts = recent.group_by("item_id").len()
+    assert 0 < counts.height < len(loaded.spec.item.ids)  # some items had no recent click
+    expected = np.zeros(len(loaded.spec.item.ids) + 1)
+    row = {value: r + 1 for r, value in enumerate(loaded.spec.item.ids)}
+    for value, n in counts.iter_rows():
+        expected[row[value]] = n
+    expected = np.log((expected + 1) / (expected.max() + 1))
+    assert np.allclose(loaded.model.item_popularity.numpy(), expected, atol=1e-6)
+    # Served: one more dimension, which holds sqrt(prior) x the item's value (before the
+    # vector is normalised, hence the ratio to the floor's).
+    assert loaded.dim == 16 + loaded.model.match_width + 1 + 2
+    items = pl.read_parquet(tiny / "synth/items.parquet")
+    vectors, cold = loaded.embed_items(items)
+    column = 16 + loaded.model.match_width
+    ratio = vectors[:, column] / vectors[cold, column][0]  # (items,) value / floor
+    rows = torch.from_numpy(np.array([row.get(i, 0) for i in items["item_id"].to_list()]))
+    assert np.allclose(ratio, expected[rows.numpy()] / expected[0], atol=1e-4)
 
 
 def test_leave_one_out_skips_ids_without_a_row_and_negatives():

@@ -3,6 +3,7 @@
     .venv/bin/python bench/movielens_probes.py ensemble --first-seed 0 --seeds 1 --models 3
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
+    .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -15,9 +16,17 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
 - `neighbours`: items without a train sample (the held-out ones) served as normalise(content
   view + b x mean full vector of their k nearest warm items, nearest by the cosine of the
   content views), for k in {10, 50} and b in {0.5, 1, 2}; warm items and users as usual.
+- `lowrank` (trained with `model.profile_match` 0.025 served exactly, no popularity
+  prior): the profile match projected onto the top r principal directions of the items'
+  values, r in {4, 8, 12, 16, 24}, against the exact match and no match.
+- `usermatch` (same training): plus w x (the item's audience profile . the user's content
+  values), for every user or for users without a profile only, w in {0.0025 .. 0.025}.
+- `recency` (trained with the match through 24 directions, no prior): plus w x log(1 +
+  the item's clicks in the last 14 / 30 days of train + valid), w in {0.02 .. 0.2}, and
+  that recent popularity alone; also reports the warm test split into known and new users.
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
-docs/benchmarks.md (selection log, round 7) has the figures.
+docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
 """
 
 from __future__ import annotations
@@ -73,8 +82,9 @@ def main() -> None:
             for k in range(args.models):
                 out = work / f"s{seed}" / f"model{k}"
                 overrides = {"training.seed": seed + 100 * k}
-                if args.probe in ("lowrank", "usermatch"):
-                    overrides["model.profile_match"] = 0.025
+                if args.probe in ("lowrank", "usermatch", "recency"):  # as run in round 9: no prior; lowrank, usermatch: the exact match
+                    overrides.update({"model.profile_match": 0.025, "model.popularity_prior": 0.0})
+                    overrides["model.profile_match_rank"] = 24 if args.probe == "recency" else 0
                 run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides=overrides)
                 model = load_model(out)
                 views = {

@@ -31,7 +31,9 @@ PROFILE_MATCH_CLIP = 3.0  # model.profile_match: profile slots beyond +-3 (20x o
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
-def _embedding(rows: int, width: int) -> nn.Embedding:
+def _embedding(rows: int, width: int, init: bool = True) -> nn.Embedding:
+    if not init:  # weights about to be loaded: skip drawing rows x width normals
+        return nn.Embedding(rows, width, padding_idx=0, _weight=torch.empty(rows, width))
     embedding = nn.Embedding(rows, width, padding_idx=0)
     nn.init.normal_(embedding.weight, std=EMBEDDING_INIT_STD)
     with torch.no_grad():
@@ -39,7 +41,9 @@ def _embedding(rows: int, width: int) -> nn.Embedding:
     return embedding
 
 
-def _embedding_bag(rows: int, width: int) -> nn.EmbeddingBag:
+def _embedding_bag(rows: int, width: int, init: bool = True) -> nn.EmbeddingBag:
+    if not init:
+        return nn.EmbeddingBag(rows, width, mode="mean", padding_idx=0, _weight=torch.empty(rows, width))
     bag = nn.EmbeddingBag(rows, width, mode="mean", padding_idx=0)
     nn.init.normal_(bag.weight, std=EMBEDDING_INIT_STD)
     with torch.no_grad():
@@ -50,7 +54,7 @@ def _embedding_bag(rows: int, width: int) -> nn.EmbeddingBag:
 class Tower(nn.Module):
     """content ⊕ preference -> MLP (+ linear content skip) -> L2-normalised (batch, dim)."""
 
-    def __init__(self, spec: EntitySpec, config: ModelConfig, *, normalize: bool = True, profile_width: int = 0) -> None:
+    def __init__(self, spec: EntitySpec, config: ModelConfig, *, normalize: bool = True, profile_width: int = 0, init: bool = True) -> None:
         super().__init__()
         self.normalize = normalize
         width = config.embedding_dim
@@ -58,9 +62,9 @@ class Tower(nn.Module):
         for index, column in enumerate(spec.columns):
             key = f"col{index}"
             if column.role in ("categorical", "numeric_bucket"):
-                self.encoders[key] = _embedding(column.cardinality, width)
+                self.encoders[key] = _embedding(column.cardinality, width, init)
             elif column.role in ("multi_hot", "text"):
-                self.encoders[key] = _embedding_bag(column.cardinality, width)
+                self.encoders[key] = _embedding_bag(column.cardinality, width, init)
             elif column.role == "vector":
                 self.encoders[key] = nn.Linear(column.length, width)
         numeric = len(spec.numeric_columns)
@@ -70,7 +74,7 @@ class Tower(nn.Module):
         self.content_width = width * len(self.content_keys)
         # The pretrained vectors of objective "dropoutnet" are inputs, not parameters.
         id_dim = spec.pretrained_dim or config.id_dim
-        self.id_embedding = _embedding(spec.n_ids, id_dim)
+        self.id_embedding = _embedding(spec.n_ids, id_dim, init)
         if spec.pretrained_dim:
             self.id_embedding.weight.requires_grad_(False)
         self.stats_width = len(spec.stats_columns)
@@ -154,11 +158,11 @@ class Tower(nn.Module):
 class TwoTower(nn.Module):
     """A user tower and an item tower; input dropout is drawn here in training mode."""
 
-    def __init__(self, user_spec: EntitySpec, item_spec: EntitySpec, config: ModelConfig, *, normalize: bool = True) -> None:
+    def __init__(self, user_spec: EntitySpec, item_spec: EntitySpec, config: ModelConfig, *, normalize: bool = True, init: bool = True) -> None:
         super().__init__()
         self.config = config
-        self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0)
-        self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0)
+        self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0, init=init)
+        self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0, init=init)
         # model.profile_match: served vectors are user [u, c * p_u B, 0, pad_u] and item
         # [v, c * values_v B, pad_v, 0] (u, v unit; c^2 = profile_match; p_u = the user's
         # profile clipped to +-PROFILE_MATCH_CLIP; B = identity, or with more slots than
@@ -282,9 +286,10 @@ METRICS_FILE = "metrics.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
 
 
-def build_model(spec, config: ModelConfig, *, normalize: bool = True) -> TwoTower:
-    """A fresh TwoTower for a FeatureSpec (weights initialised from the global torch RNG)."""
-    return TwoTower(spec.user, spec.item, config, normalize=normalize)
+def build_model(spec, config: ModelConfig, *, normalize: bool = True, init: bool = True) -> TwoTower:
+    """A fresh TwoTower for a FeatureSpec (weights initialised from the global torch RNG;
+    init=False leaves the embedding tables uninitialised, for weights loaded next)."""
+    return TwoTower(spec.user, spec.item, config, normalize=normalize, init=init)
 
 
 def model_state(model: TwoTower, loss: nn.Module | None) -> dict[str, Tensor]:
@@ -442,13 +447,12 @@ def load_model(model_dir) -> LoadedModel:
         except (ColdrecError, ValueError):
             pass  # spec.json alone suffices to serve; config.toml is for people and reruns
         config.model = model_config
-    # Built on the meta device and then given the saved tensors: initialising weights that
-    # are replaced at once costs a noticeable share of a `coldrec embed` run.
-    with torch.device("meta"):
-        model = build_model(spec, model_config, normalize=bool(document.get("normalize", True)))
+    # init=False: the embedding tables are not drawn at random only to be overwritten (at
+    # millions of ids that was a noticeable share of a `coldrec embed` run).
+    model = build_model(spec, model_config, normalize=bool(document.get("normalize", True)), init=False)
     model_part = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     try:
-        model.load_state_dict(model_part, strict=True, assign=True)
+        model.load_state_dict(model_part, strict=True)
     except RuntimeError as error:
         raise IncompatibleModel(f"weights do not match spec.json ({str(error).splitlines()[0]})", path=directory / WEIGHTS_FILE, hint="retrain the model") from None
     model.eval()

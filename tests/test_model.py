@@ -272,6 +272,16 @@ def test_dropout_zeroes_the_profile_with_the_rest_of_the_preference_block():
     assert not torch.allclose(dropped, tower(user_inputs, None), atol=1e-3)  # the profile (and id) do move warm users
 
 
+def _fill_user_profiles(model: TwoTower) -> None:
+    """Random click sums for every user id row but the cold row 0, which stays empty."""
+    with torch.no_grad():
+        model.user.profile_sum.uniform_(0.0, 2.0)
+        model.user.profile_count.fill_(2.0)
+        model.user.profile_sum[0] = 0.0
+        model.user.profile_count[0] = 0.0
+        model.user.profile_prior.fill_(0.3)
+
+
 def test_served_scores_are_the_cosine_plus_the_profile_match():
     from coldrec.features import profile_groups, profile_matrix, profile_width
 
@@ -281,12 +291,7 @@ def test_served_scores_are_the_cosine_plus_the_profile_match():
     model.eval()
     width = profile_width(spec.item)
     assert model.output_dim == 16 + width + 2
-    with torch.no_grad():
-        model.user.profile_sum.uniform_(0.0, 2.0)
-        model.user.profile_count.fill_(2.0)
-        model.user.profile_sum[0] = 0.0
-        model.user.profile_count[0] = 0.0
-        model.user.profile_prior.fill_(0.3)
+    _fill_user_profiles(model)
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
@@ -313,11 +318,7 @@ def test_profile_match_rank_projects_both_sides_onto_the_basis():
     assert width > 2 and model.match_width == 2 and model.output_dim == 16 + 2 + 2
     with torch.no_grad():
         model.match_basis.copy_(torch.linalg.qr(torch.randn(width, 2))[0])  # orthonormal columns
-        model.user.profile_sum.uniform_(0.0, 2.0)
-        model.user.profile_count.fill_(2.0)
-        model.user.profile_sum[0] = 0.0
-        model.user.profile_count[0] = 0.0
-        model.user.profile_prior.fill_(0.3)
+    _fill_user_profiles(model)
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)

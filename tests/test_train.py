@@ -163,9 +163,10 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0, "model.popularity_prior": 0.0})
     width = profile_width(load_model(out).spec.item)
     assert load_model(out).dim == 16 + width + 2 and not hasattr(load_model(out).model, "match_basis")
-    # spec.json of a model written before profile_match_rank existed: read as every slot.
+    # spec.json of a model written before profile_match_rank and popularity_prior existed:
+    # read as every slot and no prior.
     document = json.loads((out / "spec.json").read_text())
-    del document["model"]["profile_match_rank"]
+    del document["model"]["profile_match_rank"], document["model"]["popularity_prior"], document["model"]["popularity_days"]
     (out / "spec.json").write_text(json.dumps(document))
     assert load_model(out).dim == 16 + width + 2
 

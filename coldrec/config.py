@@ -99,8 +99,8 @@ class ModelConfig:
     profile_match_rank: int = 24
     # Served scores also add popularity_prior x log((c + 1) / (c_max + 1)), c = the item's
     # train clicks in the last popularity_days days (before the last train sample; 0 = all
-    # days), c_max the largest c: a trending prior, <= 0, equal for every item without a
-    # click (all new items alike). Not trained; served through one more vector dimension.
+    # days), c_max the largest c: a trending prior, <= 0; a new item (no id row) gets the
+    # known items' mean. Not trained; served through one more vector dimension.
     # Ranks items for a user, never users for an item. 0 disables it.
     popularity_prior: float = 0.1
     popularity_days: float = 30.0

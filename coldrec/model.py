@@ -171,9 +171,9 @@ class TwoTower(nn.Module):
         # vector up to one norm per side: once normalised, ranking items for a user, or users
         # for an item, by dot product (or angle) is ranking by that score.
         # model.popularity_prior: one more dimension, c_r for every user and c_r * r_v for an
-        # item (c_r^2 = popularity_prior, r_v = `item_popularity` of its id row, <= 0, the
-        # lowest for an item without a row), inside the item's pad: u . v gains
-        # popularity_prior * r_v.
+        # item (c_r^2 = popularity_prior, r_v = `item_popularity` of its id row, between
+        # `popularity_floor` and 0; row 0, an item without a row, holds the catalogue's mean),
+        # inside the item's pad: u . v gains popularity_prior * r_v.
         self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
         self.prior = config.popularity_prior if normalize else 0.0
         self.item_spec = item_spec
@@ -188,6 +188,7 @@ class TwoTower(nn.Module):
                 self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
         if self.prior:
             self.register_buffer("item_popularity", torch.zeros(item_spec.n_ids))  # filled by train
+            self.register_buffer("popularity_floor", torch.zeros(()))  # the lowest possible r_v
         if self.match or self.prior:
             self.output_dim = config.dim + self.match_width + (1 if self.prior else 0) + 2
 
@@ -265,12 +266,11 @@ class TwoTower(nn.Module):
             filled = values.pow(2).sum(1, keepdim=True)
         if self.prior:
             prior = self.item_popularity.index_select(0, inputs["id"]).unsqueeze(1)  # (batch, 1) <= 0
-            floor = self.item_popularity[0]  # an item without a row: no click, the lowest value
-            if drop is not None:
-                prior = torch.where(drop.unsqueeze(1), floor, prior)
+            if drop is not None:  # served as a new item
+                prior = torch.where(drop.unsqueeze(1), self.item_popularity[0], prior)
             prior = prior * self.prior**0.5
             parts.append(prior)
-            ceiling = ceiling + self.prior * float(floor) ** 2
+            ceiling = ceiling + self.prior * float(self.popularity_floor) ** 2
             filled = filled + prior.pow(2)
         pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
         return torch.cat([*parts, pad, zero], dim=1)

@@ -367,19 +367,24 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
 def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float) -> None:
     """model.popularity_prior: `item_popularity` = log((c + 1) / (c_max + 1)) per item id row,
     c = the row's train clicks with ts in the last `days` days before the last train sample
-    (every click with days = 0); the cold row 0, and every item without such a click, gets
-    the floor log(1 / (c_max + 1))."""
+    (every click with days = 0), so an item without such a click gets the floor
+    log(1 / (c_max + 1)); row 0, the items without a row (new or rare ids), gets the mean of
+    the other rows: a new item is presumed as popular as a typical known item, not as the
+    least popular."""
     clicks = frame.filter(pl.col("label") > 0)
     if days > 0:
         clicks = clicks.filter(pl.col("ts") > frame["ts"].max() - dt.timedelta(days=days))
     rows = torch.from_numpy(id_indices(spec.item, clicks["item_id"]))  # (recent clicks,)
     counts = torch.bincount(rows, minlength=model.item_popularity.shape[0]).double()  # (item id rows,)
-    counts[0] = 0.0  # ids without a row share row 0: served as new items
-    c_max = float(counts.max())
+    c_max = float(counts[1:].max()) if len(counts) > 1 else 0.0
+    values = torch.log((counts + 1.0) / (c_max + 1.0))  # (item id rows,)
+    values[0] = values[1:].mean() if len(values) > 1 else 0.0
     with torch.no_grad():
-        model.item_popularity.copy_(torch.log((counts + 1.0) / (c_max + 1.0)).float())
+        model.item_popularity.copy_(values.float())
+        model.popularity_floor.fill_(-math.log(c_max + 1.0))
     span = f"the last {days:g} days" if days > 0 else "all days"
-    log.info(f"popularity prior: {len(clicks):,} train clicks of {span} on {int((counts > 0).sum()):,} items (the most clicked: {int(c_max):,})")
+    log.info(f"popularity prior: {len(clicks):,} train clicks of {span} on {int((counts[1:] > 0).sum()):,} items "
+             f"(the most clicked: {int(c_max):,}; new items get the mean, {float(values[0]):.2f})")
 
 
 def _fit_match_basis(model: TwoTower, values: Tensor, chunk: int = 1 << 16) -> None:

@@ -340,21 +340,23 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
     model.eval()
     width = model.match_width
     assert model.output_dim == 16 + width + 1 + 2
-    popularity = torch.log(torch.tensor([0.0, 5.0, 0.0, 2.0]) + 1.0) - math.log(6.0)  # rows: cold, item 1, 2, 3
+    popularity = torch.log(torch.tensor([0.0, 5.0, 0.0, 2.0]) + 1.0) - math.log(6.0)  # rows: new, item 1, 2, 3
+    popularity[0] = popularity[1:].mean()  # an item without a row: the known items' mean
     with torch.no_grad():
         model.item_popularity.copy_(popularity)
+        model.popularity_floor.fill_(-math.log(6.0))
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
     match = model.user.profile(user_inputs).clamp(-3, 3) @ profile_matrix(spec.item, item_inputs, model.item_value_edges).T
-    prior = popularity[item_inputs["id"]]  # (4,): item 4 has no row, so the floor
-    assert item_inputs["id"][3] == 0 and prior[3] == popularity[0] == prior.min()
+    prior = popularity[item_inputs["id"]]  # (4,): item 4 has no row, so the mean
+    assert item_inputs["id"][3] == 0 and prior[3] == popularity[0] and prior.min() < prior[3] < prior.max()
     assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match + 0.1 * prior, atol=1e-5)
     # One norm per side: ranking by angle is ranking by that score, and the prior, the same
     # for every user, moves no user up or down for a given item.
     assert torch.allclose(served_items.norm(dim=1), torch.full((4,), (1 + 0.04 * len(profile_groups(spec.item)) + 0.1 * math.log(6.0) ** 2) ** 0.5), atol=1e-5)
     assert torch.allclose(served_users.norm(dim=1), served_users.norm(dim=1)[0].expand(4), atol=1e-5)
-    # The content-only view of an item is served as a new item: the floor.
+    # The content-only view of an item is served as a new item.
     cold_view = model.content_view("item", item_inputs)
     assert torch.allclose(cold_view[:, 16 + width], torch.full((4,), 0.1**0.5 * float(popularity[0])))
     # The prior alone (no match): one dimension plus the two pads.
@@ -362,6 +364,7 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
     alone.eval()
     with torch.no_grad():
         alone.item_popularity.copy_(popularity)
+        alone.popularity_floor.fill_(-math.log(6.0))
     assert alone.output_dim == 16 + 1 + 2
     cosine = F.normalize(alone.user(user_inputs), dim=1) @ F.normalize(alone.item(item_inputs), dim=1).T
     served = alone.embed("user", user_inputs) @ alone.embed("item", item_inputs).T

@@ -183,10 +183,13 @@ def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path):
     row = {value: r + 1 for r, value in enumerate(loaded.spec.item.ids)}
     for value, n in counts.iter_rows():
         expected[row[value]] = n
+    floor = -np.log(expected.max() + 1)
     expected = np.log((expected + 1) / (expected.max() + 1))
+    expected[0] = expected[1:].mean()  # new items: a typical known item, not the least clicked
     assert np.allclose(loaded.model.item_popularity.numpy(), expected, atol=1e-6)
+    assert float(loaded.model.popularity_floor) == pytest.approx(floor) and floor < expected[0] < 0
     # Served: one more dimension, which holds sqrt(prior) x the item's value (before the
-    # vector is normalised, hence the ratio to the floor's).
+    # vector is normalised, hence the ratio to a new item's).
     assert loaded.dim == 16 + loaded.model.match_width + 1 + 2
     items = pl.read_parquet(tiny / "synth/items.parquet")
     vectors, cold = loaded.embed_items(items)

@@ -18,7 +18,8 @@ Protocol (docs/benchmarks.md, "MovieLens-100K"):
    positives before the warm-test cut (train + valid). Positives are label-1 rows; metrics
    are coldrec.evaluate's own (per user with a positive, averaged).
 4. Methods: coldrec with its DEFAULT TrainConfig (one model for all three scenarios),
-   popularity (train clicks; cold items by the mean popularity of their genres), LightFM
+   popularity (train clicks; cold items by the mean popularity of their genres), the same
+   over the last 30 days of train only (a trending list), LightFM
    hybrid (WARP, 64 dims, identity + the same content features), LightFM without features
    (warm and cold items impossible: warm only).
 `--select` carves a second, inner split out of each seed's train part (the same prepare
@@ -566,7 +567,6 @@ CANDIDATES.update({
     "r9+prior0.05": {**_R9, "model.popularity_prior": 0.05, "model.popularity_days": 30.0},
     "r9+prior0.1": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 30.0},
     "r9+prior0.2": {**_R9, "model.popularity_prior": 0.2, "model.popularity_days": 30.0},
-    "r9+prior0.1_d14": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 14.0},
     "r9+prior0.1_all": {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 0.0},
     "r9+prior0.15": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 30.0},
     "r9+prior0.15_d60": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 60.0},

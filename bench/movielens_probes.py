@@ -4,6 +4,7 @@
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
     .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
+    (also usermatch, recency, coldprior: see below)
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -24,6 +25,8 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
 - `recency` (trained with the match through 24 directions, no prior): plus w x log(1 +
   the item's clicks in the last 14 / 30 days of train + valid), w in {0.02 .. 0.2}, and
   that recent popularity alone; also reports the warm test split into known and new users.
+- `coldprior` (the defaults): the popularity prior of users without a profile raised from
+  0.1 to w x the item's value, w in {0.15, 0.2, 0.3, 0.5}.
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
 docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
@@ -60,7 +63,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -142,6 +145,17 @@ def main() -> None:
                             U = np.concatenate([base_u, w * ones], axis=1)
                             V = np.concatenate([base_v, bias], axis=1)
                             line(seed, f"model {k} + {w} x log1p(clicks last {days}d)", ml.evaluate_all(split, scorer(U, V), SCENARIOS_PLUS))
+                elif args.probe == "coldprior":
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    cold_users = model.embed_users(users)[1]
+                    dim, column, prior = model.config.model.dim, model.config.model.dim + model.model.match_width, model.model.prior
+                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # cosine units: prior column = sqrt(prior)
+                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)  # prior column = sqrt(prior) * r_v
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    for w in (0.15, 0.2, 0.3, 0.5):
+                        U = base_u.copy()
+                        U[cold_users, column] = w / prior**0.5  # cold users: w x r_v
+                        line(seed, f"model {k} cold users' prior {w}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

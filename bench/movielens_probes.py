@@ -61,6 +61,12 @@ def unit(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def cosine_units(served: np.ndarray, dim: int) -> np.ndarray:
+    """Served vectors rescaled so that their first `dim` columns (the tower output) are unit:
+    the extra columns (match, prior, pads) then add to dot products in cosine units."""
+    return served / np.linalg.norm(served[:, :dim], axis=1, keepdims=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior"))
@@ -130,8 +136,7 @@ def main() -> None:
 
                     (uf, _), (vf, _) = views["user"], views["item"]
                     dim = model.config.model.dim
-                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # cosine units
-                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
                     history = pl.concat([split.train, split.frames["valid"]]).filter(pl.col("label") == 1)
                     end = history["ts"].max()
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf), SCENARIOS_PLUS))
@@ -149,8 +154,7 @@ def main() -> None:
                     (uf, _), (vf, _) = views["user"], views["item"]
                     cold_users = model.embed_users(users)[1]
                     dim, column, prior = model.config.model.dim, model.config.model.dim + model.model.match_width, model.model.prior
-                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # cosine units: prior column = sqrt(prior)
-                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)  # prior column = sqrt(prior) * r_v
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)  # prior column: sqrt(prior), sqrt(prior) * r_v
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
                     for w in (0.15, 0.2, 0.3, 0.5):
                         U = base_u.copy()
@@ -170,8 +174,7 @@ def main() -> None:
                         values = profile_matrix(user_spec, user_inputs, profile_edges(user_spec, user_inputs)).numpy()  # (users, W)
                         audience = model.model.item.profile(item_inputs).numpy()  # (items, W); 0 for items without a train click
                     dim = model.config.model.dim
-                    base_u = uf / np.linalg.norm(uf[:, :dim], axis=1, keepdims=True)  # [u, c p_u, 0, pad]: cosine units
-                    base_v = vf / np.linalg.norm(vf[:, :dim], axis=1, keepdims=True)
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf)))
                     for w in (0.0025, 0.005, 0.01, 0.025):
                         for scope in ("all", "cold"):

@@ -181,6 +181,7 @@ class TwoTower(nn.Module):
         self.match_width = 0
         if self.match:
             self.value_width = profile_width(item_spec)  # slots of an item's values
+            self.value_groups = len(profile_groups(item_spec))  # each sums to 1: |values|^2 <= groups
             rank = config.profile_match_rank
             self.match_width = self.value_width if rank == 0 or rank >= self.value_width else rank  # served dims
             self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
@@ -261,8 +262,7 @@ class TwoTower(nn.Module):
             else:
                 values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, value_width)
             parts.append(values)
-            # Each column group of values sums to 1, so its squared norm is at most 1.
-            ceiling = self.match * len(profile_groups(self.item_spec))
+            ceiling = self.match * self.value_groups  # the largest |c * values_v|^2
             filled = values.pow(2).sum(1, keepdim=True)
         if self.prior:
             prior = self.item_popularity.index_select(0, inputs["id"]).unsqueeze(1)  # (batch, 1) <= 0
@@ -270,7 +270,7 @@ class TwoTower(nn.Module):
                 prior = torch.where(drop.unsqueeze(1), self.item_popularity[0], prior)
             prior = prior * self.prior**0.5
             parts.append(prior)
-            ceiling = ceiling + self.prior * float(self.popularity_floor) ** 2
+            ceiling = ceiling + self.prior * self.popularity_floor.pow(2)  # (a tensor: no host sync per batch)
             filled = filled + prior.pow(2)
         pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
         return torch.cat([*parts, pad, zero], dim=1)

@@ -19,12 +19,13 @@ Protocol (docs/benchmarks.md, "MovieLens-100K"):
    are coldrec.evaluate's own (per user with a positive, averaged).
 4. Methods: coldrec with its DEFAULT TrainConfig (one model for all three scenarios),
    popularity (train clicks; cold items by the mean popularity of their genres), the same
-   over the last 30 days of train only (a trending list), LightFM
-   hybrid (WARP, 64 dims, identity + the same content features), LightFM without features
-   (warm and cold items impossible: warm only).
+   over the last 30 days of train only (a trending list), demographic neighbours (the
+   train clicks of users weighted by the age group, gender and occupation they share with
+   the user: warm and cold users only), LightFM hybrid (WARP, 64 dims, identity + the same
+   content features), LightFM without features (warm and cold items impossible: warm only).
 `--select` carves a second, inner split out of each seed's train part (the same prepare
-options on train's rows, seed + 1000) and scores candidate configurations on it; the test
-files are never read in that mode.
+options on train's rows, seed + 1000) and scores candidate configurations on it, and the
+demographic neighbours with `--neighbours`; the test files are never read in that mode.
 """
 
 from __future__ import annotations
@@ -239,6 +240,41 @@ def popularity(split: Split, items: pl.DataFrame, days: float = 0.0) -> tuple[Sc
     def scorer(users: np.ndarray, cands: np.ndarray) -> np.ndarray:
         row = np.array([score.get(int(i), 0.0) for i in cands], dtype=np.float64)
         return np.broadcast_to(row, (len(users), len(cands))).copy()
+
+    return scorer, seconds
+
+
+# The demographic-neighbour baseline: what a user's look-alikes clicked. Columns and weights
+# were chosen on the validation splits (docs/benchmarks.md, round 10); the zip prefix hurt.
+NEIGHBOUR_COLUMNS = {"age_group": 1.0, "gender": 2.0, "occupation": 1.0}
+NEIGHBOUR_BETA = 1.0
+
+
+def demographic_popularity(split: Split, users: pl.DataFrame) -> tuple[Scorer, float]:
+    """Train clicks of every train user, weighted by exp(beta x their weighted count of
+    demographic values shared with the scored user) and normalised per scored user: a
+    popularity list conditioned on age group, gender and occupation. Warm items only (a
+    held-out item has no click to count)."""
+    started = time.perf_counter()
+    user_ids = users["user_id"].to_list()
+    u_index = {u: r for r, u in enumerate(user_ids)}
+    item_ids = np.sort(split.train["item_id"].unique().to_numpy())
+    i_index = {i: c for c, i in enumerate(item_ids.tolist())}
+    clicks = split.train.filter(pl.col("label") == 1)
+    trained = np.array(sorted({u_index[u] for u in split.train["user_id"].to_list()}))
+    t_index = {r: k for k, r in enumerate(trained.tolist())}
+    counts = np.zeros((len(trained), len(item_ids)))  # (train users, warm items)
+    np.add.at(counts, (np.array([t_index[u_index[u]] for u in clicks["user_id"].to_list()]), np.array([i_index[i] for i in clicks["item_id"].to_list()])), 1.0)
+    shared = np.zeros((len(user_ids), len(trained)))  # (users, train users)
+    for column, weight in NEIGHBOUR_COLUMNS.items():
+        codes = users[column].cast(pl.String).fill_null("").to_numpy()
+        shared += weight * (codes[:, None] == codes[None, trained])
+    neighbours = np.exp(NEIGHBOUR_BETA * shared)
+    score = (neighbours / neighbours.sum(axis=1, keepdims=True)) @ counts  # (users, warm items)
+    seconds = time.perf_counter() - started
+
+    def scorer(us: np.ndarray, cands: np.ndarray) -> np.ndarray:
+        return score[np.array([u_index[int(u)] for u in us])][:, np.array([i_index[int(i)] for i in cands])]
 
     return scorer, seconds
 
@@ -571,11 +607,19 @@ CANDIDATES.update({
     "r9+prior0.15": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 30.0},
     "r9+prior0.15_d60": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 60.0},
 })
+# Round 10: the user content columns (a demographic-neighbour baseline did best without the
+# zip prefix, docs/benchmarks.md).
+_R9P = {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 30.0}
+CANDIDATES.update({
+    "r9p": dict(_R9P),  # the defaults of round 9, spelled out
+    "r9p+no_zip": {**_R9P, "features.roles": {"users.zip_prefix": "ignore"}},
+    "r9p+no_age_group": {**_R9P, "features.roles": {"users.age_group": "ignore"}},
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
     users, items = content_tables(data)
-    results: dict[str, list[dict]] = {"coldrec (defaults)": [], "popularity": [], "popularity, last 30 days": [], "LightFM hybrid": [], "LightFM no features": []}
+    results: dict[str, list[dict]] = {"coldrec (defaults)": [], "popularity": [], "popularity, last 30 days": [], "demographic neighbours": [], "LightFM hybrid": [], "LightFM no features": []}
     for seed in range(args.seeds):
         seed_dir = work / f"seed{seed}"
         seed_dir.mkdir(parents=True)
@@ -592,6 +636,8 @@ def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
         results["popularity"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
         scorer, seconds = popularity(split, items, days=30.0)
         results["popularity, last 30 days"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
+        scorer, seconds = demographic_popularity(split, users)
+        results["demographic neighbours"].append({"metrics": evaluate_all(split, scorer, ("warm", "cold_user") + WARM_PARTS), "train_s": seconds})
         scorer, seconds = lightfm(split, users, items, peer, features=True, seed=seed, epochs=args.lightfm_epochs, work=seed_dir)
         results["LightFM hybrid"].append({"metrics": evaluate_all(split, scorer, SCENARIOS + WARM_PARTS), "train_s": seconds})
         scorer, seconds = lightfm(split, users, items, peer, features=False, seed=seed, epochs=args.lightfm_epochs, work=seed_dir)
@@ -629,11 +675,13 @@ def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
 def run_select(args, data: Path, peer: Path, work: Path) -> None:
     """Score CANDIDATES (and LightFM's epochs) on inner splits carved from each train part."""
     users, items = content_tables(data)
-    names = args.candidates.split(",") if args.candidates else list(CANDIDATES)
+    names = [n for n in args.candidates.split(",") if n] if args.candidates is not None else list(CANDIDATES)  # "" = none
     results: dict[str, list[dict]] = {name: [] for name in names}
     lightfm_epochs = [int(e) for e in args.lightfm_select.split(",")] if args.lightfm_select else []
     for epochs in lightfm_epochs:
         results[f"LightFM hybrid e{epochs}"] = []
+    if args.neighbours:
+        results["demographic neighbours"] = []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         seed_dir = work / f"seed{seed}"
         seed_dir.mkdir(parents=True)
@@ -655,6 +703,9 @@ def run_select(args, data: Path, peer: Path, work: Path) -> None:
         for epochs in lightfm_epochs:
             scorer, seconds = lightfm(split, users, items, peer, features=True, seed=seed, epochs=epochs, work=seed_dir)
             results[f"LightFM hybrid e{epochs}"].append({"metrics": evaluate_all(split, scorer), "train_s": seconds})
+        if args.neighbours:
+            scorer, seconds = demographic_popularity(split, users)
+            results["demographic neighbours"].append({"metrics": evaluate_all(split, scorer, ("warm", "cold_user")), "train_s": seconds})
     report = f"Selection on inner validation splits (carved from train), {args.seeds} seed(s):\n\n" + table(results)
     print(report)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -668,8 +719,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--movielens", help="ml-100k folder (GroupLens or RecBole layout) or a `coldrec datasets movielens` output")
     parser.add_argument("--quick", action="store_true", help="one seed (a smoke run)")
     parser.add_argument("--select", action="store_true", help="score candidate configs on validation splits carved from train")
-    parser.add_argument("--candidates", help="--select: comma-separated names from CANDIDATES (default all)")
+    parser.add_argument("--candidates", help="--select: comma-separated names from CANDIDATES (default all; \"\" for none)")
     parser.add_argument("--lightfm-select", default="", help="--select: LightFM epochs to compare, e.g. 10,30,60")
+    parser.add_argument("--neighbours", action="store_true", help="--select: also score the demographic-neighbour baseline")
     parser.add_argument("--lightfm-epochs", type=int, default=LIGHTFM["epochs"])
     parser.add_argument("--peer-python", help="python of a venv with lightfm (default: bench/.venv-peers, built if missing)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")

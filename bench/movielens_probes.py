@@ -4,7 +4,7 @@
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
     .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
-    (also usermatch, recency, coldprior: see below)
+    (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior: see below)
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -27,6 +27,14 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
   that recent popularity alone; also reports the warm test split into known and new users.
 - `coldprior` (the defaults): the popularity prior of users without a profile raised from
   0.1 to w x the item's value, w in {0.15, 0.2, 0.3, 0.5}.
+- `contentpop` (the defaults, cold-item scenario only): plus w x a popularity predicted
+  from the item's content (ridge regression of log(1 + train clicks) or of log(1 + train
+  exposures) on genres, year and decade, fitted on the warm items), w in {0.05 .. 0.4}; and
+  the held-out items' real click counts in the test ("oracle", a ceiling, never servable).
+- `coldalltime` (the defaults): users without a profile also get w x log((c + 1) / (c_max +
+  1)) over ALL train clicks, with or without their 30-day prior, w in {0.03 .. 0.2}.
+- `exposureprior` (the defaults): the popularity prior counted over the last 30 / 60 days
+  of clicks, of exposures, or of both added, instead of 30 days of clicks.
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
 docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
@@ -67,9 +75,23 @@ def cosine_units(served: np.ndarray, dim: int) -> np.ndarray:
     return served / np.linalg.norm(served[:, :dim], axis=1, keepdims=True)
 
 
+def content_design(items) -> np.ndarray:
+    """(items, features): genres multi-hot, standardised release year and its square, decade
+    one-hot, a missing-year flag and an intercept (the contentpop probe's ridge design)."""
+    genres = sorted({g for row in items["genres"].to_list() for g in (row or [])})
+    rows = items["genres"].to_list()
+    G = np.array([[g in (row or []) for g in genres] for row in rows], dtype=np.float64)
+    year = items["release_year"].to_numpy().astype(np.float64)
+    missing = np.isnan(year)
+    z = np.where(missing, 0.0, (year - np.nanmean(year)) / np.nanstd(year))
+    decades = sorted({d for d in items["release_decade"].to_list() if d})
+    D = np.array([[d == x for d in decades] for x in items["release_decade"].to_list()], dtype=np.float64)
+    return np.column_stack([G, z, z**2, missing, D, np.ones(len(rows))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -160,6 +182,88 @@ def main() -> None:
                         U = base_u.copy()
                         U[cold_users, column] = w / prior**0.5  # cold users: w x r_v
                         line(seed, f"model {k} cold users' prior {w}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+                elif args.probe == "contentpop":
+                    import polars as pl
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim = model.config.model.dim
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    ids = items["item_id"].to_list()
+                    warm = np.array([item_index[int(i)] for i in split.warm_items])
+                    X = content_design(items)  # (items, features)
+                    clicks = split.train.filter(pl.col("label") == 1)
+                    targets = {
+                        "clicks": clicks.group_by("item_id").len("n"),
+                        "exposures": split.train.group_by("item_id").len("n"),
+                        "oracle": split.frames["test_cold_item"].filter(pl.col("label") == 1).group_by("item_id").len("n"),
+                    }
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf), ("cold_item",)))
+                    ones = np.ones((len(base_u), 1))
+                    for name, counts in targets.items():
+                        got = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
+                        y = np.log1p(np.array([got.get(int(i), 0) for i in ids], dtype=np.float64))
+                        if name == "oracle":
+                            pred = y
+                        else:
+                            for alpha in (1.0, 10.0):
+                                Xw = X[warm]
+                                coef = np.linalg.solve(Xw.T @ Xw + alpha * np.eye(X.shape[1]), Xw.T @ (y[warm] - y[warm].mean()))
+                                pred = X @ coef
+                                fit = np.corrcoef(pred[warm], y[warm])[0, 1]
+                                line(seed, f"content {name} (ridge {alpha}, r={fit:.2f}) alone", ml.evaluate_all(split, scorer(ones, pred[:, None]), ("cold_item",)))
+                                for w in (0.05, 0.1, 0.2, 0.4):
+                                    U = np.concatenate([base_u, np.sqrt(w) * ones], axis=1)
+                                    V = np.concatenate([base_v, np.sqrt(w) * pred[:, None]], axis=1)
+                                    line(seed, f"model {k} + {w} x content {name} (ridge {alpha})", ml.evaluate_all(split, scorer(U, V), ("cold_item",)))
+                            continue
+                        line(seed, f"{name} alone", ml.evaluate_all(split, scorer(ones, pred[:, None]), ("cold_item",)))
+                        for w in (0.1, 0.2):
+                            U = np.concatenate([base_u, np.sqrt(w) * ones], axis=1)
+                            V = np.concatenate([base_v, np.sqrt(w) * pred[:, None]], axis=1)
+                            line(seed, f"model {k} + {w} x {name}", ml.evaluate_all(split, scorer(U, V), ("cold_item",)))
+                elif args.probe == "coldalltime":
+                    import polars as pl
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    cold_users = model.embed_users(users)[1]
+                    dim, column = model.config.model.dim, model.config.model.dim + model.model.match_width
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    counts = split.train.filter(pl.col("label") == 1).group_by("item_id").len("n")
+                    got = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
+                    c = np.array([got.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64)
+                    alltime = np.log((c + 1) / (c.max() + 1))[:, None]
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), ("cold_user", "warm_new")))
+                    for keep in (1.0, 0.0):
+                        for w in (0.03, 0.05, 0.1, 0.2):
+                            U = np.concatenate([base_u, np.sqrt(w) * cold_users[:, None].astype(np.float64)], axis=1)
+                            U[cold_users, column] *= keep
+                            V = np.concatenate([base_v, np.sqrt(w) * alltime], axis=1)
+                            line(seed, f"model {k} cold users + {w} x all-time prior, recent x{keep}", ml.evaluate_all(split, scorer(U, V), ("cold_user", "warm_new")))
+                elif args.probe == "exposureprior":
+                    import polars as pl
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim, column = model.config.model.dim, model.config.model.dim + model.model.match_width
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    prior = model.model.prior
+                    warm_rows = np.array([item_index[int(i)] for i in split.warm_items])
+                    end = split.train["ts"].max()
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    for days in (30, 60):
+                        for what in ("clicks", "exposures", "mix"):
+                            rows = split.train.filter(pl.col("ts") > end - pl.duration(days=days))
+                            if what == "clicks":
+                                rows = rows.filter(pl.col("label") == 1)
+                            counts = rows.group_by("item_id").agg(pl.len().alias("n"), pl.col("label").sum().alias("c"))
+                            got = dict(zip(counts["item_id"].to_list(), (counts["n"] + counts["c"]).to_list() if what == "mix" else counts["n"].to_list()))
+                            c = np.array([got.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64)
+                            r = np.log((c + 1) / (c[warm_rows].max() + 1))
+                            mask = np.ones(len(r), dtype=bool)
+                            mask[warm_rows] = False
+                            r[mask] = r[warm_rows].mean()
+                            V = base_v.copy()
+                            V[:, column] = np.sqrt(prior) * r
+                            line(seed, f"model {k} prior over {what}, {days} days", ml.evaluate_all(split, scorer(base_u, V), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

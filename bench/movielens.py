@@ -615,6 +615,14 @@ CANDIDATES.update({
     "r9p+no_zip": {**_R9P, "features.roles": {"users.zip_prefix": "ignore"}},
     "r9p+no_age_group": {**_R9P, "features.roles": {"users.age_group": "ignore"}},
 })
+# Round 10, second part: imputed click profiles for users without one (model.profile_impute).
+for _overrides in CANDIDATES.values():
+    if _overrides is not CANDIDATES.get("defaults"):
+        _overrides.setdefault("model.profile_impute", 0.0)
+CANDIDATES.update({
+    "r9p+impute2": {**_R9P, "model.profile_impute": 2.0},
+    "r9p+impute3": {**_R9P, "model.profile_impute": 3.0},
+})
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

@@ -48,6 +48,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,7 +92,7 @@ def content_design(items) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior", "imputedprofile"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -154,8 +155,6 @@ def main() -> None:
                         V = np.concatenate([vf[:, :dim], values @ basis], axis=1)
                         line(seed, f"model {k} match rank {r}", ml.evaluate_all(split, scorer(U, V)))
                 elif args.probe == "recency":
-                    import polars as pl
-
                     (uf, _), (vf, _) = views["user"], views["item"]
                     dim = model.config.model.dim
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
@@ -183,8 +182,6 @@ def main() -> None:
                         U[cold_users, column] = w / prior**0.5  # cold users: w x r_v
                         line(seed, f"model {k} cold users' prior {w}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
                 elif args.probe == "contentpop":
-                    import polars as pl
-
                     (uf, _), (vf, _) = views["user"], views["item"]
                     dim = model.config.model.dim
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
@@ -222,8 +219,6 @@ def main() -> None:
                             V = np.concatenate([base_v, np.sqrt(w) * pred[:, None]], axis=1)
                             line(seed, f"model {k} + {w} x {name}", ml.evaluate_all(split, scorer(U, V), ("cold_item",)))
                 elif args.probe == "coldalltime":
-                    import polars as pl
-
                     (uf, _), (vf, _) = views["user"], views["item"]
                     cold_users = model.embed_users(users)[1]
                     dim, column = model.config.model.dim, model.config.model.dim + model.model.match_width
@@ -240,8 +235,6 @@ def main() -> None:
                             V = np.concatenate([base_v, np.sqrt(w) * alltime], axis=1)
                             line(seed, f"model {k} cold users + {w} x all-time prior, recent x{keep}", ml.evaluate_all(split, scorer(U, V), ("cold_user", "warm_new")))
                 elif args.probe == "exposureprior":
-                    import polars as pl
-
                     (uf, _), (vf, _) = views["user"], views["item"]
                     dim, column = model.config.model.dim, model.config.model.dim + model.model.match_width
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
@@ -264,6 +257,43 @@ def main() -> None:
                             V = base_v.copy()
                             V[:, column] = np.sqrt(prior) * r
                             line(seed, f"model {k} prior over {what}, {days} days", ml.evaluate_all(split, scorer(base_u, V), SCENARIOS_PLUS))
+                elif args.probe == "imputedprofile":
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    no_profile = model.embed_users(users)[1]  # (users,) no id row
+                    dim, width = model.config.model.dim, model.model.match_width
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    known = np.flatnonzero(~no_profile)
+                    shared = np.zeros((len(users), len(known)))
+                    for column, weight in ml.NEIGHBOUR_COLUMNS.items():
+                        codes = users[column].cast(pl.String).fill_null("").to_numpy()
+                        shared += weight * (codes[:, None] == codes[None, known])
+                    import torch
+
+                    from coldrec.features import encode_for_serving, profile_edges, profile_matrix
+
+                    user_spec = model.spec.side("user")
+                    user_inputs, _ = encode_for_serving(user_spec, users, stats=None, cold=False, path="users", stats_path="stats")
+                    with torch.inference_mode():
+                        values = profile_matrix(user_spec, user_inputs, profile_edges(user_spec, user_inputs)).numpy().astype(np.float64)  # (users, W_u)
+                    groups = values.sum(1, keepdims=True)  # (users, 1): one per column group
+                    per_value = (values[known].T @ base_u[known, dim : dim + width]) / np.maximum(values[known].sum(0), 1e-9)[:, None]  # (W_u, width)
+                    by_value = (values @ per_value) / groups  # (users, width)
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    for lam in (2.0, 3.0, 4.0):
+                        U = base_u.copy()
+                        U[no_profile, dim : dim + width] = lam * by_value[no_profile]
+                        line(seed, f"model {k} imputed profile by value x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+                        U[no_profile, dim : dim + width] = lam * base_u[known, dim : dim + width].mean(0)
+                        line(seed, f"model {k} imputed profile mean x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+                    for beta in ((1.0,) if False else ()):
+                        neighbours = np.exp(beta * shared)
+                        imputed = (neighbours / neighbours.sum(1, keepdims=True)) @ base_u[known, dim : dim + width]  # (users, width)
+                        if beta == 0.0:
+                            line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                        for lam in (0.5, 1.0, 2.0):
+                            U = base_u.copy()
+                            U[no_profile, dim : dim + width] = lam * imputed[no_profile]
+                            line(seed, f"model {k} imputed profile beta {beta} x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

@@ -97,6 +97,12 @@ class ModelConfig:
     # slots, both sides are projected onto the items' top principal directions (the served
     # score is then close to, not exactly, the match). 0 = every slot, exactly.
     profile_match_rank: int = 24
+    # A user without a click profile (new, or no train click) is matched with the profile
+    # their content predicts: for each of their content values, the mean (clipped) profile
+    # of the train users who have it, averaged over their columns, times profile_impute.
+    # Served only (the tower still sees an empty profile); needs profile_match. 0 disables.
+    # 2 on MovieLens-100K validation: cold users +3%, the warm test's new users up, NDCG kept.
+    profile_impute: float = 2.0
     # Served scores also add popularity_prior x log((c + 1) / (c_max + 1)), c = the item's
     # train clicks in the last popularity_days days (before the last train sample; 0 = all
     # days), c_max the largest c: a trending prior, <= 0; a new item (no id row) gets the
@@ -119,6 +125,8 @@ class ModelConfig:
             raise ConfigError(f"model.popularity_prior must be in [0, 10), got {self.popularity_prior}", hint="e.g. 0.1 (cosine units per unit of log popularity), or 0 to disable")
         if not (self.popularity_days >= 0.0 and math.isfinite(self.popularity_days)):
             raise ConfigError(f"model.popularity_days must be >= 0, got {self.popularity_days}", hint="e.g. 30, or 0 for every train click")
+        if not (0.0 <= self.profile_impute <= 10.0):
+            raise ConfigError(f"model.profile_impute must be in [0, 10], got {self.profile_impute}", hint="e.g. 2 (averaged profiles are flatter than one user's), or 0 to disable")
         if self.profile_match_rank < 0:
             raise ConfigError(f"model.profile_match_rank must be >= 0, got {self.profile_match_rank}", hint="e.g. 24, or 0 for every slot")
         if not (self.profile_smoothing > 0.0 and math.isfinite(self.profile_smoothing)):

@@ -177,6 +177,7 @@ class TwoTower(nn.Module):
         self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
         self.prior = config.popularity_prior if normalize else 0.0
         self.item_spec = item_spec
+        self.user_spec = user_spec
         self.output_dim = config.dim
         self.match_width = 0
         if self.match:
@@ -187,6 +188,14 @@ class TwoTower(nn.Module):
             self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
             if self.match_width < self.value_width:
                 self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
+        # model.profile_impute: a user without a click profile is served (user values
+        # `profile_matrix(user_spec)` @ `impute_map`) / column groups, times profile_impute,
+        # clipped; impute_map[s] = the mean clipped profile of the train users with value s.
+        self.impute = config.profile_impute if (self.match and profile_width(user_spec)) else 0.0
+        if self.impute:
+            self.user_value_groups = len(profile_groups(user_spec))
+            self.register_buffer("user_value_edges", torch.zeros(len(user_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
+            self.register_buffer("impute_map", torch.zeros(profile_width(user_spec), self.value_width))  # filled by train
         if self.prior:
             self.register_buffer("item_popularity", torch.zeros(item_spec.n_ids))  # filled by train
             self.register_buffer("popularity_floor", torch.zeros(()))  # the lowest possible r_v
@@ -220,6 +229,16 @@ class TwoTower(nn.Module):
         out = tower(inputs, drop)
         return self.served(side, out, inputs, drop) if served else out
 
+    def _without_profile(self, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
+        """(batch,) bool: users served without a click profile (no train click, or dropped)."""
+        missing = self.user.profile_count.index_select(0, inputs["id"]) == 0
+        return missing | drop if drop is not None else missing
+
+    def _imputed_profile(self, inputs: dict[str, Tensor]) -> Tensor:
+        """(batch, value_width): model.profile_impute's profile, predicted from user content."""
+        predicted = profile_projection(self.user_spec, inputs, self.user_value_edges, self.impute_map) / self.user_value_groups
+        return (predicted * self.impute).clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP)
+
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, output_dim) embeddings of one side, no dropout."""
         tower = self.user if side == "user" else self.item
@@ -239,9 +258,12 @@ class TwoTower(nn.Module):
             if self.match:
                 c = self.match**0.5
                 profile = inputs["profile"] if "profile" in inputs else self.user.profile(inputs)  # (batch, value_width); 0 when cold
-                profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) * c
+                profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP)
                 if drop is not None:
                     profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
+                if self.impute:
+                    profile = torch.where(self._without_profile(inputs, drop).unsqueeze(1), self._imputed_profile(inputs), profile)
+                profile = profile * c
                 if hasattr(self, "match_basis"):
                     profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
                 parts.append(profile)
@@ -436,8 +458,8 @@ def load_model(model_dir) -> LoadedModel:
     try:
         spec = FeatureSpec.from_dict(document["features"])
         # Models written before model.profile_match_rank existed served every slot; before
-        # model.popularity_prior, no prior.
-        model_config = ModelConfig(**{"profile_match_rank": 0, "popularity_prior": 0.0, **document["model"]})
+        # model.popularity_prior, no prior; before model.profile_impute, no imputed profile.
+        model_config = ModelConfig(**{"profile_match_rank": 0, "popularity_prior": 0.0, "profile_impute": 0.0, **document["model"]})
     except (KeyError, TypeError) as error:
         raise IncompatibleModel(f"malformed {SPEC_FILE} ({error})", path=directory / SPEC_FILE, hint="retrain the model") from None
     config = TrainConfig(model=model_config)

@@ -55,7 +55,7 @@ from coldrec.features import (
     with_day,
 )
 from coldrec.losses import RetrievalLoss, dropoutnet_mse
-from coldrec.model import LoadedModel, TwoTower, build_model, load_model, model_state, write_model_files
+from coldrec.model import PROFILE_MATCH_CLIP, LoadedModel, TwoTower, build_model, load_model, model_state, write_model_files
 from coldrec.schema import SAMPLES, check_content_table, check_id_types_match, check_schema
 
 CHECKPOINT_STATE = "state.safetensors"
@@ -361,7 +361,31 @@ def _fill_profiles(model: TwoTower, data: EncodedData, spec: FeatureSpec, chunk:
         mib = tower.profile_sum.numel() * 4 / 2**20
         log.info(f"{side} click profiles: {tower.profile_width} slots x {tower.profile_sum.shape[0]:,} ids ({mib:,.1f} MiB)")
         out[side] = per_entity
+        if side == "user" and model.impute:
+            _fit_profile_impute(model, data, spec, edges["user"], chunk)
     return out
+
+
+def _fit_profile_impute(model: TwoTower, data: EncodedData, spec: FeatureSpec, edges: Tensor, chunk: int = 1 << 16) -> None:
+    """model.profile_impute: `impute_map[s]` = the mean clipped click profile of the users
+    (rows of the users table with a train click) having user value s, each weighted by its
+    share of s (a bag splits one unit over its values); 0 for a value no such user has."""
+    users = data.entity("user")
+    values = profile_matrix(spec.side("user"), users.content, edges)  # (users, user value width)
+    clicked = model.user.profile_count.index_select(0, users.id_index) > 0  # (users,)
+    total = torch.zeros(values.shape[1], model.value_width, dtype=torch.float64)
+    weight = torch.zeros(values.shape[1], dtype=torch.float64)
+    with torch.no_grad():
+        for start in range(0, len(values), chunk):
+            keep = clicked[start : start + chunk]
+            part = values[start : start + chunk][keep].double()  # (k, user value width)
+            profile = model.user.profile({"id": users.id_index[start : start + chunk][keep]})
+            total += part.T @ profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP).double()
+            weight += part.sum(0)
+        model.user_value_edges.copy_(edges)
+        model.impute_map.copy_((total / weight.clamp(min=1e-12).unsqueeze(1)).float())
+    log.info(f"imputed profiles: {int(clicked.sum()):,} users with a train click, {int((weight > 0).sum()):,} of "
+             f"{values.shape[1]} user value slots seen (model.profile_impute {model.impute:g})")
 
 
 def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float) -> None:

@@ -375,6 +375,50 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
         ModelConfig(popularity_days=-1.0).validate()
 
 
+def test_profile_impute_serves_users_without_a_profile_the_profile_their_content_predicts():
+    from coldrec.features import profile_edges, profile_groups, profile_matrix, profile_width
+
+    spec, users, items, stats = _spec()
+    torch.manual_seed(0)
+    config = ModelConfig(dim=16, hidden=[8], profile_match=0.04, popularity_prior=0.0)
+    plain = build_model(spec, config)
+    model = build_model(spec, ModelConfig(**{**config.__dict__, "profile_impute": 2.0}))
+    model.load_state_dict(plain.state_dict(), strict=False)  # the same tower weights
+    for m in (plain, model):
+        m.eval()
+    _fill_user_profiles(plain)
+    model.user.load_state_dict(plain.user.state_dict())
+    with torch.no_grad():  # user 'b' (id row 2) has no train click: imputed, like 'd' (no id row)
+        for m in (plain, model):
+            m.user.profile_sum[2] = 0.0
+            m.user.profile_count[2] = 0.0
+    user_inputs, item_inputs = _inputs(spec, users, items, stats)
+    values = profile_matrix(spec.user, user_inputs, profile_edges(spec.user, user_inputs))  # (4, user width)
+    assert values.shape[1] == profile_width(spec.user) > 0
+    with torch.no_grad():
+        model.user_value_edges.copy_(profile_edges(spec.user, user_inputs))
+        model.impute_map.copy_(torch.randn(profile_width(spec.user), profile_width(spec.item)))
+    groups = len(profile_groups(spec.user))
+    imputed = (2.0 * values @ model.impute_map / groups).clamp(-3, 3)  # (4, item width)
+    profile = model.user.profile(user_inputs).clamp(-3, 3)
+    expected = torch.where(torch.tensor([False, True, False, True]).unsqueeze(1), imputed, profile)
+    served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
+    cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T
+    item_values = profile_matrix(spec.item, item_inputs, model.item_value_edges)
+    assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * expected @ item_values.T, atol=1e-5)
+    # Users with a profile are served as without the option; every user keeps one norm.
+    plain_users = plain.embed("user", user_inputs)
+    assert torch.allclose(served_users[[0, 2]], plain_users[[0, 2]], atol=1e-6)
+    assert not torch.allclose(served_users[[1, 3]], plain_users[[1, 3]], atol=1e-3)
+    assert torch.allclose(served_users.norm(dim=1), plain_users.norm(dim=1), atol=1e-4)
+    # The content-only view imputes every user.
+    width = profile_width(spec.item)
+    assert torch.allclose(model.content_view("user", user_inputs)[:, 16 : 16 + width], 0.04**0.5 * imputed, atol=1e-6)
+    with pytest.raises(Exception, match="profile_impute"):
+        ModelConfig(profile_impute=-1.0).validate()
+    assert build_model(spec, ModelConfig(profile_match=0.0, profile_impute=2.0)).impute == 0.0  # needs the match
+
+
 def test_profile_match_zero_serves_the_plain_tower_output():
     spec, users, items, stats = _spec()
     model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0, popularity_prior=0.0))

@@ -160,15 +160,47 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     from coldrec.features import profile_width
 
     out = tmp_path / "model"
-    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0, "model.popularity_prior": 0.0})
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0, "model.popularity_prior": 0.0, "model.profile_impute": 0.0})
     width = profile_width(load_model(out).spec.item)
     assert load_model(out).dim == 16 + width + 2 and not hasattr(load_model(out).model, "match_basis")
-    # spec.json of a model written before profile_match_rank and popularity_prior existed:
-    # read as every slot and no prior.
+    # spec.json of a model written before profile_match_rank, popularity_prior and
+    # profile_impute existed: read as every slot, no prior and no imputed profile.
     document = json.loads((out / "spec.json").read_text())
     del document["model"]["profile_match_rank"], document["model"]["popularity_prior"], document["model"]["popularity_days"]
+    del document["model"]["profile_impute"]
     (out / "spec.json").write_text(json.dumps(document))
     assert load_model(out).dim == 16 + width + 2
+
+
+def test_profile_impute_maps_each_user_value_to_the_mean_profile_of_its_clickers(tiny, tmp_path):
+    from coldrec.features import encode_content, id_indices, profile_edges, profile_groups, profile_matrix
+
+    out = tmp_path / "model"
+    run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_impute": 2.0, "model.popularity_prior": 0.0})
+    loaded = load_model(out)
+    users = pl.read_parquet(tiny / "synth/users.parquet")
+    content = encode_content(loaded.spec.user, users, "users")
+    edges = profile_edges(loaded.spec.user, content)
+    assert torch.allclose(loaded.model.user_value_edges, edges)  # the training run's buckets, saved
+    values = profile_matrix(loaded.spec.user, content, edges).double()  # (users, user width)
+    rows = torch.from_numpy(id_indices(loaded.spec.user, users["user_id"]))
+    clicked = loaded.model.user.profile_count[rows] > 0
+    assert 0 < int(clicked.sum()) < len(users)  # some users have no train click
+    with torch.no_grad():
+        profiles = loaded.model.user.profile({"id": rows[clicked]}).clamp(-3, 3).double()
+    weight = values[clicked].sum(0)  # (user width,)
+    expected = (values[clicked].T @ profiles) / weight.clamp(min=1e-12).unsqueeze(1)
+    assert torch.allclose(loaded.model.impute_map.double(), expected, atol=1e-4)
+    assert (loaded.model.impute_map[weight == 0] == 0).all() and (weight > 0).sum() > 0
+    # Served: a user without a click is matched with the imputed profile, so their vector
+    # moves with the map; a user with clicks does not.
+    before, _ = loaded.embed_users(users)
+    with torch.no_grad():
+        loaded.model.impute_map.mul_(0.5)
+    after, _ = loaded.embed_users(users)
+    moved = ~np.isclose(before, after, atol=1e-6).all(axis=1)
+    assert np.array_equal(moved, ~clicked.numpy())
+    assert len(profile_groups(loaded.spec.user)) == loaded.model.user_value_groups
 
 
 def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path):

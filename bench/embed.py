@@ -9,8 +9,9 @@ untrained: the speed of a forward pass does not depend on their values.
     .venv/bin/python bench/embed.py                 # 200k users and 200k items
     .venv/bin/python bench/embed.py --rows 1000000 --threads 2 --batch-size 8192
     .venv/bin/python bench/embed.py --compare-plain # also models with the exact profile match, without
-                                                    # the served terms (match, popularity prior) and
-                                                    # without click profiles, timed in the same run
+                                                    # the imputed profile, without the served terms
+                                                    # (match, prior, imputed profile) and without
+                                                    # click profiles, timed in the same run
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: coldrec.embed.EMBED_BATCH_ROWS")
-    parser.add_argument("--compare-plain", action="store_true", help="also time models with the exact profile match, without the served terms and without click profiles")
+    parser.add_argument("--compare-plain", action="store_true", help="also time models with the exact profile match, without the imputed profile, without the served terms and without click profiles")
     parser.add_argument("--repeat", type=int, default=3, help="time every run this many times, interleaved, and keep the fastest (a shared machine is noisy)")
     args = parser.parse_args()
 
@@ -104,6 +105,7 @@ def main() -> None:
         models = {"defaults": None}
         if args.compare_plain:
             models["exact match"] = {"model": {"profile_match_rank": 0}}
+            models["no imputed profile"] = {"model": {"profile_impute": 0.0}}
             models["no served terms"] = {"model": {"profile_match": 0.0, "popularity_prior": 0.0}}
             models["plain"] = {"model": {"user_profile": False, "item_profile": False, "profile_match": 0.0, "popularity_prior": 0.0}}
         for name, overrides in models.items():

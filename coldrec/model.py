@@ -189,8 +189,9 @@ class TwoTower(nn.Module):
             if self.match_width < self.value_width:
                 self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
         # model.profile_impute: a user without a click profile is served (user values
-        # `profile_matrix(user_spec)` @ `impute_map`) / column groups, times profile_impute,
-        # clipped; impute_map[s] = the mean clipped profile of the train users with value s.
+        # `profile_matrix(user_spec)` @ `impute_map`) / column groups, times profile_impute
+        # (then projected, like a profile); impute_map[s] = the mean clipped profile of the
+        # train users with user value s.
         self.impute = config.profile_impute if (self.match and profile_width(user_spec)) else 0.0
         if self.impute:
             self.user_value_groups = len(profile_groups(user_spec))
@@ -235,9 +236,13 @@ class TwoTower(nn.Module):
         return missing | drop if drop is not None else missing
 
     def _imputed_profile(self, inputs: dict[str, Tensor]) -> Tensor:
-        """(batch, value_width): model.profile_impute's profile, predicted from user content."""
-        predicted = profile_projection(self.user_spec, inputs, self.user_value_edges, self.impute_map) / self.user_value_groups
-        return (predicted * self.impute).clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP)
+        """(batch, match_width): model.profile_impute's profile, predicted from user content,
+        projected like a clicked profile: impute x (values @ impute_map) / groups @ B, its
+        length capped at a clipped profile's largest, so the pads keep every norm equal."""
+        table = self.impute_map @ self.match_basis if hasattr(self, "match_basis") else self.impute_map  # (user slots, match_width)
+        predicted = profile_projection(self.user_spec, inputs, self.user_value_edges, table) * (self.impute / self.user_value_groups)
+        limit = self.value_width * PROFILE_MATCH_CLIP**2
+        return predicted * (limit / predicted.pow(2).sum(1, keepdim=True).clamp(min=1e-12)).sqrt().clamp(max=1.0)
 
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, output_dim) embeddings of one side, no dropout."""
@@ -261,11 +266,11 @@ class TwoTower(nn.Module):
                 profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP)
                 if drop is not None:
                     profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
+                if hasattr(self, "match_basis"):
+                    profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
                 if self.impute:
                     profile = torch.where(self._without_profile(inputs, drop).unsqueeze(1), self._imputed_profile(inputs), profile)
                 profile = profile * c
-                if hasattr(self, "match_basis"):
-                    profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
                 parts.append(profile)
                 ceiling = self.match * self.value_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2 (projecting only shrinks it)
                 filled = profile.pow(2).sum(1, keepdim=True)

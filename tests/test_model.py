@@ -399,7 +399,7 @@ def test_profile_impute_serves_users_without_a_profile_the_profile_their_content
         model.user_value_edges.copy_(profile_edges(spec.user, user_inputs))
         model.impute_map.copy_(torch.randn(profile_width(spec.user), profile_width(spec.item)))
     groups = len(profile_groups(spec.user))
-    imputed = (2.0 * values @ model.impute_map / groups).clamp(-3, 3)  # (4, item width)
+    imputed = 2.0 * values @ model.impute_map / groups  # (4, item width); far below the length cap
     profile = model.user.profile(user_inputs).clamp(-3, 3)
     expected = torch.where(torch.tensor([False, True, False, True]).unsqueeze(1), imputed, profile)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
@@ -411,6 +411,12 @@ def test_profile_impute_serves_users_without_a_profile_the_profile_their_content
     assert torch.allclose(served_users[[0, 2]], plain_users[[0, 2]], atol=1e-6)
     assert not torch.allclose(served_users[[1, 3]], plain_users[[1, 3]], atol=1e-3)
     assert torch.allclose(served_users.norm(dim=1), plain_users.norm(dim=1), atol=1e-4)
+    # A huge imputed profile is capped at a clipped profile's largest length: norms stay equal.
+    with torch.no_grad():
+        model.impute_map.mul_(1e4)
+    assert torch.allclose(model.embed("user", user_inputs).norm(dim=1), plain_users.norm(dim=1), atol=1e-3)
+    with torch.no_grad():
+        model.impute_map.mul_(1e-4)
     # The content-only view imputes every user.
     width = profile_width(spec.item)
     assert torch.allclose(model.content_view("user", user_inputs)[:, 16 : 16 + width], 0.04**0.5 * imputed, atol=1e-6)

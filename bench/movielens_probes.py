@@ -35,6 +35,12 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
   1)) over ALL train clicks, with or without their 30-day prior, w in {0.03 .. 0.2}.
 - `exposureprior` (the defaults): the popularity prior counted over the last 30 / 60 days
   of clicks, of exposures, or of both added, instead of 30 days of clicks.
+- `imputedprofile` (the defaults): users without a profile get a profile match from an
+  imputed profile, lam x the mean served match of the known users weighted by exp(beta x
+  shared demographics), or of the known users sharing each content value (what
+  `model.profile_impute` builds), or of every known user.
+
+All probes train with `model.profile_impute` 0, as they were run (round 10 added it).
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
 docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
@@ -117,6 +123,7 @@ def main() -> None:
                 if args.probe in ("lowrank", "usermatch", "recency"):  # as run in round 9: no prior; lowrank, usermatch: the exact match
                     overrides.update({"model.profile_match": 0.025, "model.popularity_prior": 0.0})
                     overrides["model.profile_match_rank"] = 24 if args.probe == "recency" else 0
+                overrides["model.profile_impute"] = 0.0  # every probe ran before model.profile_impute
                 run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides=overrides)
                 model = load_model(out)
                 views = {
@@ -258,42 +265,43 @@ def main() -> None:
                             V[:, column] = np.sqrt(prior) * r
                             line(seed, f"model {k} prior over {what}, {days} days", ml.evaluate_all(split, scorer(base_u, V), SCENARIOS_PLUS))
                 elif args.probe == "imputedprofile":
+                    import torch
+
+                    from coldrec.features import encode_for_serving, profile_edges, profile_matrix
+
                     (uf, _), (vf, _) = views["user"], views["item"]
                     no_profile = model.embed_users(users)[1]  # (users,) no id row
                     dim, width = model.config.model.dim, model.model.match_width
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
                     known = np.flatnonzero(~no_profile)
+                    matched = base_u[known, dim : dim + width]  # (known users, width): c x profile B
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+
+                    def serve(label: str, imputed: np.ndarray) -> None:
+                        U = base_u.copy()
+                        U[no_profile, dim : dim + width] = imputed[no_profile]
+                        line(seed, f"model {k} imputed profile {label}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+
+                    # First run: demographic neighbours (beta 0 = every known user alike).
                     shared = np.zeros((len(users), len(known)))
                     for column, weight in ml.NEIGHBOUR_COLUMNS.items():
                         codes = users[column].cast(pl.String).fill_null("").to_numpy()
                         shared += weight * (codes[:, None] == codes[None, known])
-                    import torch
-
-                    from coldrec.features import encode_for_serving, profile_edges, profile_matrix
-
+                    for beta in (0.0, 1.0, 2.0):
+                        neighbours = np.exp(beta * shared)
+                        imputed = (neighbours / neighbours.sum(1, keepdims=True)) @ matched  # (users, width)
+                        for lam in (0.5, 1.0, 2.0):
+                            serve(f"beta {beta} x{lam}", lam * imputed)
+                    # Second run: per content value (what model.profile_impute builds), and the mean.
                     user_spec = model.spec.side("user")
                     user_inputs, _ = encode_for_serving(user_spec, users, stats=None, cold=False, path="users", stats_path="stats")
                     with torch.inference_mode():
                         values = profile_matrix(user_spec, user_inputs, profile_edges(user_spec, user_inputs)).numpy().astype(np.float64)  # (users, W_u)
-                    groups = values.sum(1, keepdims=True)  # (users, 1): one per column group
-                    per_value = (values[known].T @ base_u[known, dim : dim + width]) / np.maximum(values[known].sum(0), 1e-9)[:, None]  # (W_u, width)
-                    by_value = (values @ per_value) / groups  # (users, width)
-                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    per_value = (values[known].T @ matched) / np.maximum(values[known].sum(0), 1e-9)[:, None]  # (W_u, width)
+                    by_value = (values @ per_value) / values.sum(1, keepdims=True)  # (users, width); rows sum to the column groups
                     for lam in (2.0, 3.0, 4.0):
-                        U = base_u.copy()
-                        U[no_profile, dim : dim + width] = lam * by_value[no_profile]
-                        line(seed, f"model {k} imputed profile by value x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
-                        U[no_profile, dim : dim + width] = lam * base_u[known, dim : dim + width].mean(0)
-                        line(seed, f"model {k} imputed profile mean x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
-                    for beta in ((1.0,) if False else ()):
-                        neighbours = np.exp(beta * shared)
-                        imputed = (neighbours / neighbours.sum(1, keepdims=True)) @ base_u[known, dim : dim + width]  # (users, width)
-                        if beta == 0.0:
-                            line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
-                        for lam in (0.5, 1.0, 2.0):
-                            U = base_u.copy()
-                            U[no_profile, dim : dim + width] = lam * imputed[no_profile]
-                            line(seed, f"model {k} imputed profile beta {beta} x{lam}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+                        serve(f"by value x{lam}", lam * by_value)
+                        serve(f"mean x{lam}", np.broadcast_to(lam * matched.mean(0), by_value.shape))
                 elif args.probe == "usermatch":
                     import torch
 

@@ -371,21 +371,22 @@ def _fit_profile_impute(model: TwoTower, data: EncodedData, spec: FeatureSpec, e
     (rows of the users table with a train click) having user value s, each weighted by its
     share of s (a bag splits one unit over its values); 0 for a value no such user has."""
     users = data.entity("user")
-    values = profile_matrix(spec.side("user"), users.content, edges)  # (users, user value width)
     clicked = model.user.profile_count.index_select(0, users.id_index) > 0  # (users,)
-    total = torch.zeros(values.shape[1], model.value_width, dtype=torch.float64)
-    weight = torch.zeros(values.shape[1], dtype=torch.float64)
+    width = model.impute_map.shape[0]
+    total = torch.zeros(width, model.value_width, dtype=torch.float64)
+    weight = torch.zeros(width, dtype=torch.float64)
     with torch.no_grad():
-        for start in range(0, len(values), chunk):
+        for start in range(0, len(clicked), chunk):  # `chunk` users at a time: memory stays flat
             keep = clicked[start : start + chunk]
-            part = values[start : start + chunk][keep].double()  # (k, user value width)
-            profile = model.user.profile({"id": users.id_index[start : start + chunk][keep]})
+            content = {key: tensor[start : start + chunk][keep] for key, tensor in users.content.items()}
+            part = profile_matrix(spec.side("user"), content, edges).double()  # (k, user value width)
+            profile = model.user.profile({"id": users.id_index[start : start + chunk][keep]})  # (k, value_width)
             total += part.T @ profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP).double()
             weight += part.sum(0)
         model.user_value_edges.copy_(edges)
         model.impute_map.copy_((total / weight.clamp(min=1e-12).unsqueeze(1)).float())
     log.info(f"imputed profiles: {int(clicked.sum()):,} users with a train click, {int((weight > 0).sum()):,} of "
-             f"{values.shape[1]} user value slots seen (model.profile_impute {model.impute:g})")
+             f"{width} user value slots seen (model.profile_impute {model.impute:g})")
 
 
 def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float) -> None:

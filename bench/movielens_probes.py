@@ -4,7 +4,8 @@
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
     .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
-    (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior: see below)
+    (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior, imputedprofile:
+    see below)
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,

@@ -250,6 +250,16 @@ NEIGHBOUR_COLUMNS = {"age_group": 1.0, "gender": 2.0, "occupation": 1.0}
 NEIGHBOUR_BETA = 1.0
 
 
+def shared_demographics(users: pl.DataFrame, others: np.ndarray) -> np.ndarray:
+    """(users, len(others)): the weighted count of NEIGHBOUR_COLUMNS values each user of
+    `users` shares with the users at rows `others` of the same table."""
+    shared = np.zeros((len(users), len(others)))
+    for column, weight in NEIGHBOUR_COLUMNS.items():
+        codes = users[column].cast(pl.String).fill_null("").to_numpy()
+        shared += weight * (codes[:, None] == codes[None, others])
+    return shared
+
+
 def demographic_popularity(split: Split, users: pl.DataFrame) -> tuple[Scorer, float]:
     """Train clicks of every train user, weighted by exp(beta x their weighted count of
     demographic values shared with the scored user) and normalised per scored user: a
@@ -265,11 +275,7 @@ def demographic_popularity(split: Split, users: pl.DataFrame) -> tuple[Scorer, f
     t_index = {r: k for k, r in enumerate(trained.tolist())}
     counts = np.zeros((len(trained), len(item_ids)))  # (train users, warm items)
     np.add.at(counts, (np.array([t_index[u_index[u]] for u in clicks["user_id"].to_list()]), np.array([i_index[i] for i in clicks["item_id"].to_list()])), 1.0)
-    shared = np.zeros((len(user_ids), len(trained)))  # (users, train users)
-    for column, weight in NEIGHBOUR_COLUMNS.items():
-        codes = users[column].cast(pl.String).fill_null("").to_numpy()
-        shared += weight * (codes[:, None] == codes[None, trained])
-    neighbours = np.exp(NEIGHBOUR_BETA * shared)
+    neighbours = np.exp(NEIGHBOUR_BETA * shared_demographics(users, trained))  # (users, train users)
     score = (neighbours / neighbours.sum(axis=1, keepdims=True)) @ counts  # (users, warm items)
     seconds = time.perf_counter() - started
 

@@ -83,6 +83,13 @@ def cosine_units(served: np.ndarray, dim: int) -> np.ndarray:
     return served / np.linalg.norm(served[:, :dim], axis=1, keepdims=True)
 
 
+def per_item(counts: pl.DataFrame, items: pl.DataFrame, column: str = "n") -> np.ndarray:
+    """(items,) float64: `counts[column]` by item_id, aligned to the items table's rows (0
+    for an item without a row in `counts`)."""
+    got = dict(zip(counts["item_id"].to_list(), counts[column].to_list()))
+    return np.array([got.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64)
+
+
 def content_design(items) -> np.ndarray:
     """(items, features): genres multi-hot, standardised release year and its square, decade
     one-hot, a missing-year flag and an intercept (the contentpop probe's ridge design)."""
@@ -171,8 +178,7 @@ def main() -> None:
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf), SCENARIOS_PLUS))
                     for days in (14, 30):
                         counts = history.filter(pl.col("ts") > end - pl.duration(days=days)).group_by("item_id").len("n")
-                        recent = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
-                        bias = np.log1p(np.array([recent.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64))[:, None]  # (items, 1)
+                        bias = np.log1p(per_item(counts, items))[:, None]  # (items, 1)
                         ones = np.ones((len(base_u), 1))
                         line(seed, f"recent popularity {days}d alone", ml.evaluate_all(split, scorer(ones, bias), SCENARIOS_PLUS))
                         for w in (0.02, 0.05, 0.1, 0.2):
@@ -193,7 +199,6 @@ def main() -> None:
                     (uf, _), (vf, _) = views["user"], views["item"]
                     dim = model.config.model.dim
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
-                    ids = items["item_id"].to_list()
                     warm = np.array([item_index[int(i)] for i in split.warm_items])
                     X = content_design(items)  # (items, features)
                     clicks = split.train.filter(pl.col("label") == 1)
@@ -205,8 +210,7 @@ def main() -> None:
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(uf, vf), ("cold_item",)))
                     ones = np.ones((len(base_u), 1))
                     for name, counts in targets.items():
-                        got = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
-                        y = np.log1p(np.array([got.get(int(i), 0) for i in ids], dtype=np.float64))
+                        y = np.log1p(per_item(counts, items))
                         if name == "oracle":
                             pred = y
                         else:
@@ -232,8 +236,7 @@ def main() -> None:
                     dim, column = model.config.model.dim, model.config.model.dim + model.model.match_width
                     base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
                     counts = split.train.filter(pl.col("label") == 1).group_by("item_id").len("n")
-                    got = dict(zip(counts["item_id"].to_list(), counts["n"].to_list()))
-                    c = np.array([got.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64)
+                    c = per_item(counts, items)
                     alltime = np.log((c + 1) / (c.max() + 1))[:, None]
                     line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), ("cold_user", "warm_new")))
                     for keep in (1.0, 0.0):
@@ -256,8 +259,7 @@ def main() -> None:
                             if what == "clicks":
                                 rows = rows.filter(pl.col("label") == 1)
                             counts = rows.group_by("item_id").agg(pl.len().alias("n"), pl.col("label").sum().alias("c"))
-                            got = dict(zip(counts["item_id"].to_list(), (counts["n"] + counts["c"]).to_list() if what == "mix" else counts["n"].to_list()))
-                            c = np.array([got.get(int(i), 0) for i in items["item_id"].to_list()], dtype=np.float64)
+                            c = per_item(counts.with_columns(mix=pl.col("n") + pl.col("c")), items, "mix" if what == "mix" else "n")
                             r = np.log((c + 1) / (c[warm_rows].max() + 1))
                             mask = np.ones(len(r), dtype=bool)
                             mask[warm_rows] = False
@@ -284,10 +286,7 @@ def main() -> None:
                         line(seed, f"model {k} imputed profile {label}", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
 
                     # First run: demographic neighbours (beta 0 = every known user alike).
-                    shared = np.zeros((len(users), len(known)))
-                    for column, weight in ml.NEIGHBOUR_COLUMNS.items():
-                        codes = users[column].cast(pl.String).fill_null("").to_numpy()
-                        shared += weight * (codes[:, None] == codes[None, known])
+                    shared = ml.shared_demographics(users, known)  # (users, known users)
                     for beta in (0.0, 1.0, 2.0):
                         neighbours = np.exp(beta * shared)
                         imputed = (neighbours / neighbours.sum(1, keepdims=True)) @ matched  # (users, width)

@@ -183,6 +183,7 @@ class TwoTower(nn.Module):
         if self.match:
             self.value_width = profile_width(item_spec)  # slots of an item's values
             self.value_groups = len(profile_groups(item_spec))  # each sums to 1: |values|^2 <= groups
+            self.profile_norm2_max = self.value_width * PROFILE_MATCH_CLIP**2  # the largest |clipped p_u|^2 (projecting only shrinks it)
             rank = config.profile_match_rank
             self.match_width = self.value_width if rank == 0 or rank >= self.value_width else rank  # served dims
             self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
@@ -241,8 +242,7 @@ class TwoTower(nn.Module):
         length capped at a clipped profile's largest, so the pads keep every norm equal."""
         table = self.impute_map @ self.match_basis if hasattr(self, "match_basis") else self.impute_map  # (user slots, match_width)
         predicted = profile_projection(self.user_spec, inputs, self.user_value_edges, table) * (self.impute / self.user_value_groups)
-        limit = self.value_width * PROFILE_MATCH_CLIP**2
-        return predicted * (limit / predicted.pow(2).sum(1, keepdim=True).clamp(min=1e-12)).sqrt().clamp(max=1.0)
+        return predicted * (self.profile_norm2_max / predicted.pow(2).sum(1, keepdim=True).clamp(min=1e-12)).sqrt().clamp(max=1.0)
 
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, output_dim) embeddings of one side, no dropout."""
@@ -272,7 +272,7 @@ class TwoTower(nn.Module):
                     profile = torch.where(self._without_profile(inputs, drop).unsqueeze(1), self._imputed_profile(inputs), profile)
                 profile = profile * c
                 parts.append(profile)
-                ceiling = self.match * self.value_width * PROFILE_MATCH_CLIP**2  # the largest |c * p_u|^2 (projecting only shrinks it)
+                ceiling = self.match * self.profile_norm2_max  # the largest |c * p_u|^2
                 filled = profile.pow(2).sum(1, keepdim=True)
             else:
                 filled = zero

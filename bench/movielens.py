@@ -630,6 +630,19 @@ CANDIDATES.update({
     "r9p+impute3": {**_R9P, "model.profile_impute": 3.0},
 })
 
+# Round 11 (sixth session): knobs of the content path not tried since the defaults moved.
+_R10 = {**_R9P, "model.profile_impute": 2.0}
+CANDIDATES.update({
+    "r10": dict(_R10),  # the defaults of round 10, spelled out
+    "r10+idmin3": {**_R10, "features.id_min_count": 3},
+    "r10+idmin5": {**_R10, "features.id_min_count": 5},
+    "r10+no_skip": {**_R10, "model.content_skip": False},
+    "r10+bs2048": {**_R10, "training.batch_size": 2048},
+    "r10+emb64": {**_R10, "model.embedding_dim": 64},
+    "r10+scale25": {**_R10, "loss.scale": 25.0},
+    "r10+hidden512": {**_R10, "model.hidden": [512, 256]},
+})
+
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:
     users, items = content_tables(data)

@@ -4,8 +4,8 @@
     .venv/bin/python bench/movielens_probes.py views --first-seed 0 --seeds 1 --models 2
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
     .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
-    (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior, imputedprofile:
-    see below)
+    (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior, imputedprofile,
+    contentrecent, shrinkprofile: see below)
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -40,8 +40,17 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
   imputed profile, lam x the mean served match of the known users weighted by exp(beta x
   shared demographics), or of the known users sharing each content value (what
   `model.profile_impute` builds), or of every known user.
+- `contentrecent` (the defaults, with imputed profiles; cold-item scenario only): new items'
+  popularity prior predicted from their content (ridge regression of the known items' served
+  prior values on genres, year and decade) instead of the known items' mean, the deviation
+  times w in {0.5, 1, 2, 4}; also split by whether the clicking user has a train sample.
+- `shrinkprofile` (the defaults, with imputed profiles): every user's served profile shrunk
+  towards their imputed one, w x own + (1 - w) x lam x imputed with w = clicks / (clicks +
+  n), n in {1, 3, 10, 30} clicks' worth, lam in {1, 0.5} (so users without a click get lam
+  x their imputed profile: at lam 1 exactly as served).
 
-All probes train with `model.profile_impute` 0, as they were run (round 10 added it).
+The probes before `contentrecent` train with `model.profile_impute` 0, as they were run
+(round 10 added it).
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
 docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
@@ -106,7 +115,7 @@ def content_design(items) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior", "imputedprofile"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior", "imputedprofile", "shrinkprofile", "contentrecent"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -131,7 +140,8 @@ def main() -> None:
                 if args.probe in ("lowrank", "usermatch", "recency"):  # as run in round 9: no prior; lowrank, usermatch: the exact match
                     overrides.update({"model.profile_match": 0.025, "model.popularity_prior": 0.0})
                     overrides["model.profile_match_rank"] = 24 if args.probe == "recency" else 0
-                overrides["model.profile_impute"] = 0.0  # every probe ran before model.profile_impute
+                if args.probe not in ("contentrecent", "shrinkprofile"):
+                    overrides["model.profile_impute"] = 0.0  # the probes before these ran before model.profile_impute
                 run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides=overrides)
                 model = load_model(out)
                 views = {
@@ -230,6 +240,40 @@ def main() -> None:
                             U = np.concatenate([base_u, np.sqrt(w) * ones], axis=1)
                             V = np.concatenate([base_v, np.sqrt(w) * pred[:, None]], axis=1)
                             line(seed, f"model {k} + {w} x {name}", ml.evaluate_all(split, scorer(U, V), ("cold_item",)))
+                elif args.probe == "contentrecent":
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim, column, prior = model.config.model.dim, model.config.model.dim + model.model.match_width, model.model.prior
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    warm = np.array([item_index[int(i)] for i in split.warm_items])
+                    cold = np.setdiff1d(np.arange(len(item_index)), warm)
+                    r = base_v[:, column] / np.sqrt(prior)  # the served prior value (new items: the known items' mean)
+                    X = content_design(items)
+                    known = split.train.select("user_id").unique()
+                    truth = split.frames["test_cold_item"]
+                    groups = {"with": truth.join(known, on="user_id", how="semi"), "without": truth.join(known, on="user_id", how="anti")}
+
+                    def show(label: str, V: np.ndarray) -> None:
+                        parts = []
+                        for name, frame in groups.items():  # the cold-item test split by the clicking user
+                            whole = split.frames["test_cold_item"]
+                            split.frames["test_cold_item"] = frame
+                            try:
+                                sub = ml.evaluate_scenario(split, "cold_item", scorer(base_u, V))
+                            finally:
+                                split.frames["test_cold_item"] = whole
+                            parts.append(f"{name} a train sample {sub['recall@20']:.4f}/{sub['ndcg@20']:.4f}")
+                        line(seed, f"{label} [{', '.join(parts)}]", ml.evaluate_all(split, scorer(base_u, V), ("cold_item",)))
+
+                    show(f"model {k} as served", base_v)
+                    for alpha in (1.0, 10.0):
+                        Xw = X[warm]
+                        coef = np.linalg.solve(Xw.T @ Xw + alpha * np.eye(X.shape[1]), Xw.T @ (r[warm] - r[warm].mean()))
+                        pred = X @ coef  # centred on the known items' mean
+                        fit = np.corrcoef(pred[warm], r[warm])[0, 1]
+                        for w in (0.5, 1.0, 2.0, 4.0):
+                            V = base_v.copy()
+                            V[cold, column] = np.sqrt(prior) * (r[warm].mean() + w * pred[cold])
+                            show(f"model {k} new items' prior from content x{w} (ridge {alpha}, r={fit:.2f})", V)
                 elif args.probe == "coldalltime":
                     (uf, _), (vf, _) = views["user"], views["item"]
                     cold_users = model.embed_users(users)[1]
@@ -302,6 +346,30 @@ def main() -> None:
                     for lam in (2.0, 3.0, 4.0):
                         serve(f"by value x{lam}", lam * by_value)
                         serve(f"mean x{lam}", np.broadcast_to(lam * matched.mean(0), by_value.shape))
+                elif args.probe == "shrinkprofile":
+                    import torch
+
+                    from coldrec.features import encode_for_serving
+                    from coldrec.model import PROFILE_MATCH_CLIP
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim, width, net = model.config.model.dim, model.model.match_width, model.model
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    user_inputs, _ = encode_for_serving(model.spec.side("user"), users, stats=None, cold=False, path="users", stats_path="stats")
+                    with torch.inference_mode():
+                        c = net.match**0.5
+                        own = net.user.profile(user_inputs).clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP) @ net.match_basis * c  # (users, width)
+                        imputed = net._imputed_profile(user_inputs) * c  # (users, width)
+                        clicks = net.user.profile_count.index_select(0, user_inputs["id"]).double().numpy()  # (users,)
+                    own, imputed = own.double().numpy(), imputed.double().numpy()
+                    assert np.allclose(np.where(clicks[:, None] > 0, own, imputed), base_u[:, dim : dim + width], atol=1e-4)
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    for n in (1.0, 3.0, 10.0, 30.0):
+                        w = (clicks / (clicks + n))[:, None]  # the user's own share
+                        for lam in (1.0, 0.5):
+                            U = base_u.copy()
+                            U[:, dim : dim + width] = w * own + (1.0 - w) * lam * imputed
+                            line(seed, f"model {k} profile shrunk to imputed x{lam}, {n:g} clicks' worth", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

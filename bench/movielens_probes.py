@@ -53,7 +53,7 @@ The probes before `contentrecent` train with `model.profile_impute` 0, as they w
 (round 10 added it).
 
 These answer "would a serving-side change help?" before any of them is built into coldrec;
-docs/benchmarks.md (selection log, rounds 7 and 9) has the figures.
+docs/benchmarks.md (selection log, rounds 7 to 11) has the figures.
 """
 
 from __future__ import annotations

@@ -642,6 +642,12 @@ CANDIDATES.update({
     "r10+scale25": {**_R10, "loss.scale": 25.0},
     "r10+hidden512": {**_R10, "model.hidden": [512, 256]},
 })
+# Round 11, second part: new items served with the 75% quantile of the known items' prior
+# (model.new_item_prior); every candidate before it gave them the known items' mean (0).
+for _overrides in CANDIDATES.values():
+    if _overrides is not CANDIDATES.get("defaults"):
+        _overrides.setdefault("model.new_item_prior", 0.0)
+CANDIDATES["r11"] = {**_R10, "model.new_item_prior": 0.75}
 
 
 def run_benchmark(args, data: Path, peer: Path, work: Path) -> None:

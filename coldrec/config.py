@@ -106,10 +106,15 @@ class ModelConfig:
     # Served scores also add popularity_prior x log((c + 1) / (c_max + 1)), c = the item's
     # train clicks in the last popularity_days days (before the last train sample; 0 = all
     # days), c_max the largest c: a trending prior, <= 0; a new item (no id row) gets the
-    # known items' mean. Not trained; served through one more vector dimension.
+    # value new_item_prior says. Not trained; served through one more vector dimension.
     # Ranks items for a user, never users for an item. 0 disables it.
     popularity_prior: float = 0.1
     popularity_days: float = 30.0
+    # The prior a new item is served with: this quantile of the known items' values, or
+    # their mean if that is higher. 0.75 ranks a new item like a known item in the upper
+    # quarter; the mean (the value before this key) is about the median, where a new item
+    # competes with the tail and, in a mixed catalogue, is rarely recommended.
+    new_item_prior: float = 0.75
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")
@@ -125,6 +130,8 @@ class ModelConfig:
             raise ConfigError(f"model.popularity_prior must be in [0, 10), got {self.popularity_prior}", hint="e.g. 0.1 (cosine units per unit of log popularity), or 0 to disable")
         if not (self.popularity_days >= 0.0 and math.isfinite(self.popularity_days)):
             raise ConfigError(f"model.popularity_days must be >= 0, got {self.popularity_days}", hint="e.g. 30, or 0 for every train click")
+        if not (0.0 <= self.new_item_prior <= 1.0):
+            raise ConfigError(f"model.new_item_prior must be a quantile in [0, 1], got {self.new_item_prior}", hint="e.g. 0.75 (a known item in the upper quarter), or 0 for the known items' mean")
         if not (0.0 <= self.profile_impute <= 10.0):
             raise ConfigError(f"model.profile_impute must be in [0, 10], got {self.profile_impute}", hint="e.g. 2 (averaged profiles are flatter than one user's), or 0 to disable")
         if self.profile_match_rank < 0:

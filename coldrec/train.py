@@ -389,13 +389,14 @@ def _fit_profile_impute(model: TwoTower, data: EncodedData, spec: FeatureSpec, e
              f"{width} user value slots seen (model.profile_impute {model.impute:g})")
 
 
-def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float) -> None:
+def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, days: float, new_quantile: float) -> None:
     """model.popularity_prior: `item_popularity` = log((c + 1) / (c_max + 1)) per item id row,
     c = the row's train clicks with ts in the last `days` days before the last train sample
     (every click with days = 0), so an item without such a click gets the floor
-    log(1 / (c_max + 1)); row 0, the items without a row (new or rare ids), gets the mean of
-    the other rows: a new item is presumed as popular as a typical known item, not as the
-    least popular."""
+    log(1 / (c_max + 1)); row 0, the items without a row (new or rare ids), gets the
+    `new_quantile` quantile of the other rows (model.new_item_prior), or their mean if that
+    is higher: a new item is presumed as popular as a well-placed known item, never less
+    than a typical one."""
     clicks = frame.filter(pl.col("label") > 0)
     if days > 0:
         clicks = clicks.filter(pl.col("ts") > frame["ts"].max() - dt.timedelta(days=days))
@@ -403,13 +404,18 @@ def _fill_popularity(model: TwoTower, frame: pl.DataFrame, spec: FeatureSpec, da
     counts = torch.bincount(rows, minlength=model.item_popularity.shape[0]).double()  # (item id rows,)
     c_max = float(counts[1:].max()) if len(counts) > 1 else 0.0
     values = torch.log((counts + 1.0) / (c_max + 1.0))  # (item id rows,)
-    values[0] = values[1:].mean() if len(values) > 1 else 0.0
+    if len(values) > 1:
+        known = values[1:].numpy()
+        values[0] = max(float(np.quantile(known, new_quantile)), float(known.mean()))
+    else:
+        values[0] = 0.0
     with torch.no_grad():
         model.item_popularity.copy_(values.float())
         model.popularity_floor.fill_(-math.log(c_max + 1.0))
     span = f"the last {days:g} days" if days > 0 else "all days"
     log.info(f"popularity prior: {len(clicks):,} train clicks of {span} on {int((counts[1:] > 0).sum()):,} items "
-             f"(the most clicked: {int(c_max):,}; new items get the mean, {float(values[0]):.2f})")
+             f"(the most clicked: {int(c_max):,}; new items get {float(values[0]):.2f}, the {new_quantile:.0%} "
+             f"quantile of the known items or their mean, model.new_item_prior)")
 
 
 def _fit_match_basis(model: TwoTower, values: Tensor, chunk: int = 1 << 16) -> None:
@@ -866,7 +872,7 @@ def run_train(
         log.info(f"warm start from {init_from}: {moved['copied']} tensors carried over, {moved['fresh']} fresh")
     profiles = _fill_profiles(model, data, spec)  # side -> (other side's entities, width); after the warm start: data, not weights
     if model.prior:
-        _fill_popularity(model, train, spec, config.model.popularity_days)
+        _fill_popularity(model, train, spec, config.model.popularity_days, config.model.new_item_prior)
     step_module = TrainStep(model, loss, objective, dist).to(torch_device)
     data = data.to(torch_device)
     samples = data.splits["train"]

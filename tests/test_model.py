@@ -373,6 +373,9 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
         ModelConfig(popularity_prior=-1.0).validate()
     with pytest.raises(Exception, match="popularity_days"):
         ModelConfig(popularity_days=-1.0).validate()
+    for quantile in (-0.1, 1.5):
+        with pytest.raises(Exception, match="new_item_prior"):
+            ModelConfig(new_item_prior=quantile).validate()
 
 
 def test_profile_impute_serves_users_without_a_profile_the_profile_their_content_predicts():

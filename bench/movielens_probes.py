@@ -5,7 +5,7 @@
     .venv/bin/python bench/movielens_probes.py neighbours --first-seed 0 --seeds 3 --models 1
     .venv/bin/python bench/movielens_probes.py lowrank --first-seed 0 --seeds 3 --models 1
     (also usermatch, recency, coldprior, contentpop, coldalltime, exposureprior, imputedprofile,
-    contentrecent, shrinkprofile: see below)
+    contentrecent, shrinkprofile, itemtowers: see below)
 
 For each inner split of `bench/movielens.py --select` (outer split seed S, inner split seed
 S + 1000), trains coldrec `--models` times with the defaults and training seeds S, S + 100,
@@ -48,6 +48,11 @@ S + 200, ..., then prints Recall@20 / NDCG@20 per scenario for:
   towards their imputed one, w x own + (1 - w) x lam x imputed with w = clicks / (clicks +
   n), n in {1, 3, 10, 30} clicks' worth, lam in {1, 0.5} (so users without a click get lam
   x their imputed profile: at lam 1 exactly as served).
+- `itemtowers` (the defaults): the model alone; with an independent second model (a seed
+  ensemble of two: concatenated vectors / sqrt 2); and with a second item tower trained
+  against the first model's frozen user tower (warm start from it, item tower re-drawn),
+  alone and averaged with the first (item vectors normalise(v1 + b x v2), b in {0.5, 1}),
+  which ensembles the item side without widening the vectors.
 
 The probes before `contentrecent` train with `model.profile_impute` 0, as they were run
 (round 10 added it).
@@ -115,7 +120,7 @@ def content_design(items) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior", "imputedprofile", "shrinkprofile", "contentrecent"))
+    parser.add_argument("probe", choices=("ensemble", "views", "neighbours", "lowrank", "usermatch", "recency", "coldprior", "contentpop", "coldalltime", "exposureprior", "imputedprofile", "shrinkprofile", "contentrecent", "itemtowers"))
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--models", type=int, default=3)
@@ -140,7 +145,7 @@ def main() -> None:
                 if args.probe in ("lowrank", "usermatch", "recency"):  # as run in round 9: no prior; lowrank, usermatch: the exact match
                     overrides.update({"model.profile_match": 0.025, "model.popularity_prior": 0.0})
                     overrides["model.profile_match_rank"] = 24 if args.probe == "recency" else 0
-                if args.probe not in ("contentrecent", "shrinkprofile"):
+                if args.probe not in ("contentrecent", "shrinkprofile", "itemtowers"):
                     overrides["model.profile_impute"] = 0.0  # the probes before these ran before model.profile_impute
                 run_train(split.dir, work / "users.parquet", work / "items.parquet", out, overrides=overrides)
                 model = load_model(out)
@@ -370,6 +375,48 @@ def main() -> None:
                             U = base_u.copy()
                             U[:, dim : dim + width] = w * own + (1.0 - w) * lam * imputed
                             line(seed, f"model {k} profile shrunk to imputed x{lam}, {n:g} clicks' worth", ml.evaluate_all(split, scorer(U, base_v), SCENARIOS_PLUS))
+                elif args.probe == "itemtowers":
+                    import torch
+
+                    import coldrec.train as coldrec_train
+
+                    (uf, _), (vf, _) = views["user"], views["item"]
+                    dim = model.config.model.dim
+                    base_u, base_v = cosine_units(uf, dim), cosine_units(vf, dim)
+                    line(seed, f"model {k} as served", ml.evaluate_all(split, scorer(base_u, base_v), SCENARIOS_PLUS))
+                    # An independent second model: the seed ensemble (concatenated vectors / sqrt 2).
+                    other = work / f"s{seed}" / f"model{k}_b"
+                    run_train(split.dir, work / "users.parquet", work / "items.parquet", other, overrides={"training.seed": seed + 100 * k + 50})
+                    second = load_model(other)
+                    ub, vb = second.embed_users(users)[0], second.embed_items(items)[0]
+                    line(seed, f"model {k} + an independent model (seed ensemble)", ml.evaluate_all(split, scorer(np.concatenate([uf, ub], 1) / 2**0.5, np.concatenate([vf, vb], 1) / 2**0.5), SCENARIOS_PLUS))
+                    # A second item tower trained against this model's frozen user tower.
+                    original = coldrec_train.transfer_weights
+
+                    def frozen_users(net, spec, old, loss, _seed=seed + 100 * k + 50):
+                        moved = original(net, spec, old, loss)
+                        torch.manual_seed(_seed)
+                        for module in net.item.modules():
+                            if module is not net.item and hasattr(module, "reset_parameters"):
+                                module.reset_parameters()
+                        for parameter in net.user.parameters():
+                            parameter.requires_grad_(False)
+                        return moved
+
+                    coldrec_train.transfer_weights = frozen_users
+                    try:
+                        towers = work / f"s{seed}" / f"model{k}_items"
+                        run_train(split.dir, work / "users.parquet", work / "items.parquet", towers, init_from=out, overrides={"training.seed": seed + 100 * k + 50})
+                    finally:
+                        coldrec_train.transfer_weights = original
+                    second_items = load_model(towers)
+                    assert np.allclose(second_items.embed_users(users)[0], uf, atol=1e-5)  # the user tower is this model's
+                    vc = cosine_units(second_items.embed_items(items)[0], dim)
+                    line(seed, f"model {k} users, second item tower alone", ml.evaluate_all(split, scorer(base_u, vc), SCENARIOS_PLUS))
+                    for b in (0.5, 1.0):
+                        V = base_v.copy()
+                        V[:, :dim] = unit(base_v[:, :dim] + b * vc[:, :dim])
+                        line(seed, f"model {k} users, item towers averaged (second x{b})", ml.evaluate_all(split, scorer(base_u, V), SCENARIOS_PLUS))
                 elif args.probe == "usermatch":
                     import torch
 

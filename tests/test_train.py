@@ -203,7 +203,7 @@ def test_profile_impute_maps_each_user_value_to_the_mean_profile_of_its_clickers
     assert len(profile_groups(loaded.spec.user)) == loaded.model.user_value_groups
 
 
-@pytest.mark.parametrize("new_item_prior", [0.75, 0.0])
+@pytest.mark.parametrize("new_item_prior", [0.75, 0.0, 0.3])
 def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path, new_item_prior):
     out = tmp_path / "model"
     run_train(*_args(tiny), out, overrides={**FAST, "model.popularity_prior": 0.1, "model.popularity_days": 2.0, "model.new_item_prior": new_item_prior})
@@ -222,6 +222,10 @@ def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path, new_
     # their mean; 0 gives the mean, the value before the key existed.
     expected[0] = max(np.quantile(expected[1:], new_item_prior), expected[1:].mean())
     assert new_item_prior > 0 or expected[0] == pytest.approx(expected[1:].mean())
+    if new_item_prior == 0.3:  # a quantile below the known items' mean: the mean wins
+        assert np.quantile(expected[1:], new_item_prior) < expected[0] == pytest.approx(expected[1:].mean())
+    elif new_item_prior == 0.75:
+        assert expected[0] == pytest.approx(np.quantile(expected[1:], 0.75)) and expected[0] > expected[1:].mean()
     assert np.allclose(loaded.model.item_popularity.numpy(), expected, atol=1e-6)
     assert float(loaded.model.popularity_floor) == pytest.approx(floor) and floor < expected[0] < 0
     # Served: one more dimension, which holds sqrt(prior) x the item's value (before the

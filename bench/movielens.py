@@ -62,6 +62,8 @@ SCENARIOS = ("warm", "cold_user", "cold_item")
 # (about half of its ~120 users): they have no id row and are served from content, like cold
 # users. Reported apart (never in the targets): "warm_known" = users with a train sample.
 WARM_PARTS = ("warm_known", "warm_new")
+# The cold-item test split the same way, by whether the clicking user has a train sample.
+COLD_ITEM_PARTS = ("cold_item_known", "cold_item_new")
 METRICS = ("recall@20", "ndcg@20", "recall@100")
 KS = (20, 100)
 SPLIT = dict(holdout_items=0.2, holdout_users=0.1, valid_fraction=0.2)
@@ -151,10 +153,11 @@ class Split:
         """(truth rows, candidate item ids, excluded (user, item) pairs)."""
         if name == "warm":
             return self.frames["test_warm"], self.warm_items, self.seen
-        if name in WARM_PARTS:
+        if name in WARM_PARTS or name in COLD_ITEM_PARTS:
             known = self.train.select("user_id").unique()
-            truth = self.frames["test_warm"].join(known, on="user_id", how="semi" if name == "warm_known" else "anti")
-            return truth, self.warm_items, self.seen
+            whole, candidates, seen = self.scenario("warm" if name in WARM_PARTS else "cold_item")
+            truth = whole.join(known, on="user_id", how="semi" if name.endswith("_known") else "anti")
+            return truth, candidates, seen
         if name == "cold_user":
             return self.frames["test_cold_user"], self.warm_items, None
         return self.frames["test_cold_item"], self.held_items, None

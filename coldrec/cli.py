@@ -84,6 +84,9 @@ def synth(
     new_users_per_day: Annotated[Optional[int], typer.Option(help="Users arriving per day (default: 2% of --users).")] = None,
     new_items_per_day: Annotated[Optional[int], typer.Option(help="Items arriving per day (default: 1% of --items).")] = None,
     start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD.")] = "2026-01-01",
+    latent_strength: Annotated[float, typer.Option(help="Weight of the taste/topic part content cannot explain: 0 = content explains all, 1.5 = content-poor.")] = 0.6,
+    interactions: Annotated[bool, typer.Option("--interactions", help="Taste and topic from crosses of attributes (age group x country, category x price tier, ...), not sums of per-column effects.")] = False,
+    click_rate: Annotated[Optional[float], typer.Option(help="Share of exposures clicked, e.g. 0.02 (default: about 0.17 from the world's own logit).")] = None,
     seed: Seed = 0,
 ) -> None:
     """Generate synthetic exposure/click logs with planted structure.
@@ -92,6 +95,7 @@ def synth(
     truth/ (the generating parameters) into --out.
 
     Example: coldrec synth --out data/ --users 2000 --items 1000 --days 30
+    Example: coldrec synth --out data/ --interactions --click-rate 0.02 --latent-strength 1.5
     """
     from coldrec.synth import SynthConfig, run_synth
 
@@ -104,6 +108,9 @@ def synth(
         new_items_per_day=new_items_per_day,
         start=start,
         seed=seed,
+        latent_strength=latent_strength,
+        interactions=interactions,
+        click_rate=click_rate,
     )
     _report("synth", run_synth(config, out))
 

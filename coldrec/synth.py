@@ -51,6 +51,8 @@ class SynthConfig:
     start: str = "2026-01-01"
     seed: int = 0
     latent_strength: float = 0.6  # weight of the part of taste/topic content cannot explain
+    interactions: bool = False  # taste/topic from crosses of attributes, not sums of them
+    click_rate: float | None = None  # share of exposures clicked (None: the logit's own, ~17%)
     duplicate_rate: float = 0.02  # exposures repeated a few minutes later
     late_click_rate: float = 0.03  # clicks arriving after the attribution window
     orphan_click_rate: float = 0.005  # clicks with no exposure at all
@@ -64,6 +66,10 @@ class SynthConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.latent_strength < 0:
+            raise UsageError(f"--latent-strength must be >= 0, got {self.latent_strength}")
+        if self.click_rate is not None and not 0.001 <= self.click_rate <= 0.5:
+            raise UsageError(f"--click-rate must be between 0.001 and 0.5, got {self.click_rate}")
         try:
             dt.date.fromisoformat(self.start)
         except ValueError:
@@ -168,7 +174,7 @@ def build_world(config: SynthConfig) -> World:
     item_category = rng.integers(0, len(CATEGORIES), size=n_items)
     item_tags = _pick_several(rng, n_items, len(TAGS), 1, 3)  # (n_items, tags) mask
     content_topic = category_topic[item_category] + _mean_of_selected(item_tags, tag_topic)  # (n_items, K)
-    item_topic = _unit(content_topic) + config.latent_strength * _unit(rng.normal(size=(n_items, k)))
+    item_latent = _unit(rng.normal(size=(n_items, k)))  # what content cannot explain
     projection = rng.normal(size=(k, CONTENT_VECTOR_DIM)) / np.sqrt(k)
     content_vector = (_unit(content_topic) @ projection + 0.3 * rng.normal(size=(n_items, CONTENT_VECTOR_DIM)))
     price = np.round(np.exp(rng.normal(3.0, 0.8, size=n_items) + 0.3 * content_topic[:, 0]), 2)
@@ -179,7 +185,7 @@ def build_world(config: SynthConfig) -> World:
     user_country = rng.integers(0, len(COUNTRIES), size=n_users)
     user_interests = _pick_several(rng, n_users, len(INTERESTS), 1, 3)
     content_taste = _mean_of_selected(user_interests, interest_topic) + age_topic[user_age_group] + country_topic[user_country]
-    user_taste = _unit(content_taste) + config.latent_strength * _unit(rng.normal(size=(n_users, k)))
+    user_latent = _unit(rng.normal(size=(n_users, k)))
     user_activity = np.exp(rng.normal(0.0, 0.8, size=n_users))
     low = np.array([AGE_RANGES[g][0] for g in user_age_group])
     high = np.array([AGE_RANGES[g][1] for g in user_age_group])
@@ -195,12 +201,23 @@ def build_world(config: SynthConfig) -> World:
     user_ids = pl.select(_user_id(np.arange(n_users))).to_series().to_numpy()
     item_ids = _item_id(np.arange(n_items))
 
-    # Scale affinity so the logit spans a useful range; base CTR around 5-10%.
+    if config.interactions:
+        content_taste, content_topic = _crossed_content(
+            np.random.default_rng([config.seed, 1]), user_age_group, user_country, user_interests,
+            item_category, item_tags, price,
+        )
+    user_taste = _unit(content_taste) + config.latent_strength * user_latent
+    item_topic = _unit(content_topic) + config.latent_strength * item_latent
+
+    # Scale affinity so the logit spans a useful range; base CTR around 5-10% of random pairs.
     sample_users = rng.integers(0, n_users, 20000)
     sample_items = rng.integers(0, n_items, 20000)
     raw = np.einsum("nk,nk->n", user_taste[sample_users], item_topic[sample_items])
     alpha = float(1.6 / raw.std())
     beta = float(-3.0 - alpha * raw.mean())
+    if config.click_rate is not None:
+        shown = _shown_affinity(np.random.default_rng([config.seed, 2]), user_taste, user_activity, item_topic, item_popularity)
+        beta = _beta_for_rate(alpha * shown, config.click_rate)
 
     users = pl.DataFrame(
         {
@@ -238,6 +255,60 @@ def build_world(config: SynthConfig) -> World:
         alpha=alpha,
         beta=beta,
     )
+
+
+PRICE_TIERS = 3
+
+
+def _crossed_content(
+    rng: np.random.Generator,
+    age_group: np.ndarray,
+    country: np.ndarray,
+    interests: np.ndarray,
+    category: np.ndarray,
+    tags: np.ndarray,
+    price: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Content taste and topic that depend on crosses of attributes within a side.
+
+    A user's taste comes from their (age group x country) cell and from each interest as
+    seen by their age group; an item's topic from its (category x price tier) cell and
+    from each tag within its category. Every cell has its own random topic vector, so no
+    single column, and no sum of per-column effects, carries the signal: only a model
+    that combines features can recover it. Returns ((n_users, K), (n_items, K)).
+    """
+    k = LATENT_DIM
+    cell_user = rng.normal(size=(len(AGE_GROUPS), len(COUNTRIES), k))
+    cell_interest = rng.normal(size=(len(AGE_GROUPS), len(INTERESTS), k))
+    cell_item = rng.normal(size=(len(CATEGORIES), PRICE_TIERS, k))
+    cell_tag = 0.5 * rng.normal(size=(len(CATEGORIES), len(TAGS), k))
+    tier = np.searchsorted(np.quantile(price, [1 / 3, 2 / 3]), price)  # price terciles
+    interest_part = np.einsum("ui,uik->uk", interests, cell_interest[age_group]) / interests.sum(1, keepdims=True)
+    tag_part = np.einsum("nt,ntk->nk", tags, cell_tag[category]) / tags.sum(1, keepdims=True)
+    return cell_user[age_group, country] + interest_part, cell_item[category, tier] + tag_part
+
+
+def _shown_affinity(
+    rng: np.random.Generator, taste: np.ndarray, activity: np.ndarray, topic: np.ndarray, popularity: np.ndarray, n: int = 20000
+) -> np.ndarray:
+    """The affinity of exposures drawn as simulate_day draws them (without launch boosts)."""
+    user = _weighted_choice(rng, activity, n)
+    candidates = _weighted_choice(rng, popularity, (n, CANDIDATES_PER_EXPOSURE))
+    affinity = np.einsum("nk,nck->nc", taste[user], topic[candidates])
+    guess = affinity + rng.normal(0.0, 2.0 * affinity.std() + 1e-9, size=affinity.shape)
+    return affinity[np.arange(n), guess.argmax(axis=1)]
+
+
+def _beta_for_rate(logits: np.ndarray, rate: float) -> float:
+    """The offset beta with mean(sigmoid(logits + beta)) == rate (bisection; monotone in beta)."""
+    low, high = -30.0, 30.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        if click_probability(logits, 1.0, middle).mean() < rate:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def click_probability(affinity: np.ndarray, alpha: float, beta: float) -> np.ndarray:

@@ -114,14 +114,14 @@ def ensure_peer_python(given: str | None) -> Path:
     if given:
         return Path(given)
     python = PEER_VENV / "bin" / "python"
-    probe = [str(python), "-c", "import lightfm, numpy, scipy"]
+    probe = [str(python), "-c", "import lightfm, numpy, scipy, matplotlib"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
     say(f"building the LightFM peer venv in {PEER_VENV} (once; a few minutes)")
     _sh([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", str(PEER_VENV)])
     pip = [str(python), "-m", "pip", "install", "-q"]
     _sh(pip + ["pip<25"])
-    _sh(pip + ["numpy", "scipy", "cython", "setuptools", "wheel"])
+    _sh(pip + ["numpy", "scipy", "cython", "setuptools", "wheel", "matplotlib"])
     _sh(pip + ["--no-build-isolation", "--no-use-pep517", "lightfm==1.17"])
     _sh(probe)
     return python

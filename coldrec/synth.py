@@ -294,9 +294,16 @@ def _shown_affinity(
     """The affinity of exposures drawn as simulate_day draws them (without launch boosts)."""
     user = _weighted_choice(rng, activity, n)
     candidates = _weighted_choice(rng, popularity, (n, CANDIDATES_PER_EXPOSURE))
-    affinity = np.einsum("nk,nck->nc", taste[user], topic[candidates])
+    return _show(rng, taste[user], topic, candidates)[1]
+
+
+def _show(rng: np.random.Generator, taste: np.ndarray, topic: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The logging recommender guesses each candidate's affinity with heavy noise and shows
+    its best guess: (picked column (n,), true affinity of the shown item (n,))."""
+    affinity = np.einsum("nk,nck->nc", taste, topic[candidates])  # (n, C)
     guess = affinity + rng.normal(0.0, 2.0 * affinity.std() + 1e-9, size=affinity.shape)
-    return affinity[np.arange(n), guess.argmax(axis=1)]
+    pick = guess.argmax(axis=1)
+    return pick, affinity[np.arange(len(pick)), pick]
 
 
 def _beta_for_rate(logits: np.ndarray, rate: float) -> float:
@@ -334,12 +341,8 @@ def simulate_day(world: World, config: SynthConfig, day: int, rng: np.random.Gen
     item_weight = world.item_popularity[live_items] * np.where(item_age < 3, 3.0, 1.0)
     user = live_users[_weighted_choice(rng, world.user_activity[live_users], n)]  # (n,)
     candidates = live_items[_weighted_choice(rng, item_weight, (n, CANDIDATES_PER_EXPOSURE))]  # (n, C)
-    affinity = np.einsum("nk,nck->nc", world.user_taste[user], world.item_topic[candidates])  # (n, C)
-    # The current recommender guesses affinity with heavy noise, then shows its best guess.
-    guess = affinity + rng.normal(0.0, 2.0 * affinity.std() + 1e-9, size=affinity.shape)
-    pick = guess.argmax(axis=1)
+    pick, shown_affinity = _show(rng, world.user_taste[user], world.item_topic, candidates)
     item = candidates[np.arange(n), pick]
-    shown_affinity = affinity[np.arange(n), pick]
 
     day_start = np.datetime64(config.start) + np.timedelta64(day, "D")
     seconds = np.sort(rng.integers(0, 86_400 - 3600, size=n))

@@ -97,6 +97,11 @@ def coldrec(*args) -> tuple[float, float]:
 # --------------------------------------------------------------------------- one world
 
 
+def _rows(ids: pl.Series, column: str, alias: str) -> pl.Expr:
+    """`column`'s ids as their row numbers in `ids` (null where unknown)."""
+    return pl.col(column).replace_strict(ids, pl.int_range(len(ids), eager=True), default=None).alias(alias)
+
+
 class World:
     """A prepared split of one world: content tables, row indices, scenarios."""
 
@@ -112,12 +117,10 @@ class World:
         self.seen = seen.select(self.user_rows("user_id"), self.item_rows("item_id")).unique()
 
     def user_rows(self, column: str) -> pl.Expr:
-        ids = self.users["user_id"]
-        return pl.col(column).replace_strict(ids, pl.int_range(len(ids), eager=True), default=None).alias("user_row")
+        return _rows(self.users["user_id"], column, "user_row")
 
     def item_rows(self, column: str) -> pl.Expr:
-        ids = self.items["item_id"]
-        return pl.col(column).replace_strict(ids, pl.int_range(len(ids), eager=True), default=None).alias("item_row")
+        return _rows(self.items["item_id"], column, "item_row")
 
     def item_index(self, ids: list) -> np.ndarray:
         wanted = pl.DataFrame({"x": pl.Series(ids, dtype=self.items["item_id"].dtype)})

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -405,7 +406,7 @@ def plot(peer: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worlds", default=",".join(DEFAULT_WORLDS), help=f"comma-separated, from: {', '.join(WORLDS)}")
+    parser.add_argument("--worlds", default=",".join(DEFAULT_WORLDS), help=f"comma-separated, from: {', '.join(WORLDS)}".replace("%", "%%"))
     parser.add_argument("--large", action="store_true", help="also the L world (10M exposures, one seed)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per world (L: 1)")
     parser.add_argument("--jobs", type=int, default=1, help="(world, seed) tasks run at once; each method uses one thread")
@@ -425,7 +426,8 @@ def main(argv: list[str] | None = None) -> None:
     root = tempfile.mkdtemp(prefix="coldrec-worlds-")
     results = []
     try:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        # spawn, not fork: a forked child inherits polars' thread pool locked (deadlock).
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(run_task, n, s, str(peer), root): (n, s) for n, s in tasks}
             for future in as_completed(futures):
                 result = future.result()

@@ -3,6 +3,7 @@
     .venv/bin/python bench/worlds.py                      # MovieLens + S and M worlds, 3 seeds
     .venv/bin/python bench/worlds.py --large              # + the L world (10M exposures, 1 seed)
     .venv/bin/python bench/worlds.py --worlds S,M --seeds 1 --jobs 2
+    .venv/bin/python bench/worlds.py --worlds L --out bench/out/large   # L alone, ~40 min
 
 Every world is made by coldrec's own commands: `coldrec synth` (seeded by the run's seed) or
 MovieLens-100K converted by `coldrec datasets movielens` (bench/movielens.py fetches it).
@@ -79,15 +80,26 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+# The measured command runs under this small launcher, which reports its peak RSS. Measured
+# from the benchmark's worker directly, ru_maxrss would include the worker's own memory: the
+# kernel keeps a forked child's high-water mark across exec, and the child starts as a copy
+# of the worker (hundreds of MiB once a world is loaded).
+LAUNCHER = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    "sys.exit(code)\n"
+)
+
+
 def measured(args: list[str], **kwargs) -> tuple[float, float]:
     """Run a process to completion: (wall seconds, peak RSS in MiB); raises on failure."""
     started = time.perf_counter()
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, **kwargs)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(map(str, args[:3]))} ... exited {process.returncode}")
-    return time.perf_counter() - started, usage.ru_maxrss / 1024
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, *map(str, args)], stdout=subprocess.PIPE, text=True, **kwargs)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(map(str, args[:3]))} ... exited {done.returncode}")
+    return seconds, int(done.stdout.split()[-1]) / 1024
 
 
 def coldrec(*args) -> tuple[float, float]:
@@ -391,17 +403,18 @@ def report(tasks: list[dict], args, started: float) -> None:
         full_table(summary, facts),
     ])
     print(text)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "worlds.md").write_text(text + "\n")
-    (OUT / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "tasks": tasks, "means": summary}, indent=2) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "worlds.md").write_text(text + "\n")
+    (out / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "tasks": tasks, "means": summary}, indent=2) + "\n")
 
 
-def plot(peer: Path) -> None:
+def plot(peer: Path, out: Path) -> None:
     """worlds.png from worlds.json, drawn by matplotlib in the bench-only venv."""
     probe = subprocess.run([str(peer), "-c", "import matplotlib"], capture_output=True)
     if probe.returncode:
         subprocess.run([str(peer), "-m", "pip", "install", "-q", "matplotlib"], check=True)
-    subprocess.run([str(peer), str(BENCH / "worlds_plot.py"), str(OUT / "worlds.json"), str(OUT / "worlds.png")], check=True)
+    subprocess.run([str(peer), str(BENCH / "worlds_plot.py"), str(out / "worlds.json"), str(out / "worlds.png")], check=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -410,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large", action="store_true", help="also the L world (10M exposures, one seed)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per world (L: 1)")
     parser.add_argument("--jobs", type=int, default=1, help="(world, seed) tasks run at once; each method uses one thread")
+    parser.add_argument("--out", default=str(OUT), help="directory of worlds.md, worlds.json and worlds.png (default: bench/out)")
     parser.add_argument("--peer-python", help="python of a venv with lightfm (default: bench/.venv-peers, built if missing)")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.worlds.split(",") if n.strip()] + (["L"] if args.large else [])
@@ -438,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(results, args, started)
-    plot(peer)
+    plot(peer, Path(args.out))
 
 
 if __name__ == "__main__":

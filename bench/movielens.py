@@ -248,7 +248,7 @@ def popularity(split: Split, items: pl.DataFrame, days: float = 0.0) -> tuple[Sc
 
 
 # The demographic-neighbour baseline: what a user's look-alikes clicked. Columns and weights
-# were chosen on the validation splits (docs/benchmarks.md, round 10); the zip prefix hurt.
+# were chosen on the validation splits (bench/LOG.md, round 10); the zip prefix hurt.
 NEIGHBOUR_COLUMNS = {"age_group": 1.0, "gender": 2.0, "occupation": 1.0}
 NEIGHBOUR_BETA = 1.0
 
@@ -476,7 +476,7 @@ def targets(means: dict[str, dict[str, dict[str, float]]]) -> list[str]:
 # --------------------------------------------------------------------------- modes
 
 # Candidate configurations scored by --select: overrides of the CURRENT defaults. Every
-# candidate spells out the keys it was selected on, so the log in docs/benchmarks.md stays
+# candidate spells out the keys it was selected on, so the log in bench/LOG.md stays
 # reproducible after the defaults moved ("old_defaults" = the defaults before the selection).
 _OLD = {"loss.pointwise_weight": 1.0, "training.patience": 3}  # the two defaults the selection changed
 _SO = {"loss.pointwise_weight": 0.0, "training.patience": 3}  # softmax only
@@ -617,7 +617,7 @@ CANDIDATES.update({
     "r9+prior0.15_d60": {**_R9, "model.popularity_prior": 0.15, "model.popularity_days": 60.0},
 })
 # Round 10: the user content columns (a demographic-neighbour baseline did best without the
-# zip prefix, docs/benchmarks.md).
+# zip prefix, bench/LOG.md).
 _R9P = {**_R9, "model.popularity_prior": 0.1, "model.popularity_days": 30.0}
 CANDIDATES.update({
     "r9p": dict(_R9P),  # the defaults of round 9, spelled out

@@ -148,7 +148,7 @@ class ModelConfig:
 class LossSection:
     """Mirrors coldrec.losses.LossConfig; validated by it."""
 
-    # 0.1 since the MovieLens-100K selection (docs/benchmarks.md#movielens-100k): on logs
+    # 0.1 since the MovieLens-100K selection (docs/benchmarks.md#how-the-defaults-were-chosen): on logs
     # whose exposures are a liked-biased set, a full-weight pointwise loss learns "liked given
     # shown", not retrieval (validation cold-item Recall@20 0.203 at 1.0 vs 0.28 at 0 or 0.1);
     # a little of it keeps scores comparable across users (who to show a new item to).

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -235,18 +235,18 @@ def test_json_log_has_one_line_per_stage(finished, data, tmp_path, run_cli):
 
 
 HOLD_LOCK = """
-import sys, time
+import sys
 from coldrec import io
 with io.output_lock(sys.argv[1], "test holder"):
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()  # holds the lock until the test writes a line (or closes stdin)
 """
 
 
 def test_second_pipeline_on_a_locked_root_exits_75_untouched(finished, data, tmp_path):
     config = copy_root(finished, tmp_path, data)
     root = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), "30"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         before = snapshot(root)
@@ -264,15 +264,21 @@ def test_second_pipeline_on_a_locked_root_exits_75_untouched(finished, data, tmp
 def test_wait_blocks_until_the_other_run_lets_go(finished, data, tmp_path):
     config = copy_root(finished, tmp_path, data)
     root = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), "6"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputLocked):
             run_pipeline(config, echo=lambda line: None)
-        started = time.monotonic()
-        result = run_pipeline(config, wait=True, echo=lambda line: None)
+        outcome: dict = {}
+        waiter = threading.Thread(target=lambda: outcome.update(result=run_pipeline(config, wait=True, echo=lambda line: None)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not outcome  # still waiting: the holder has not let go
+        holder.stdin.write("release\n")
+        holder.stdin.flush()
         assert holder.wait(timeout=10) == 0  # the holder finished normally: we did not steal its lock
-        assert [s.action for s in result.stages] == ["reuse"] * len(STAGES) and time.monotonic() - started > 0.5
+        waiter.join(timeout=120)
+        assert [s.action for s in outcome["result"].stages] == ["reuse"] * len(STAGES)
     finally:
         holder.kill()
         holder.wait()

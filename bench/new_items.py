@@ -28,12 +28,17 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from movielens_probes import cosine_units  # noqa: E402
 
 from coldrec.evaluate import ITEM_BUCKETS as BUCKETS  # noqa: E402
 from coldrec.evaluate import Recs, evaluate_frames  # noqa: E402
 from coldrec.model import load_model  # noqa: E402
 from coldrec.train import set_threads  # noqa: E402
+
+
+def cosine_units(served: np.ndarray, dim: int) -> np.ndarray:
+    """Served vectors rescaled so that their first `dim` columns (the tower output) are unit:
+    the extra columns (match, prior, pads) then add to dot products in cosine units."""
+    return served / np.linalg.norm(served[:, :dim], axis=1, keepdims=True)
 
 
 def main() -> None:
@@ -46,15 +51,16 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(1)
     model = load_model(args.out / "model")
-    if not model.model.prior:
+    terms = model.model.terms
+    if terms.get("prior") is None:
         sys.exit("the model has no popularity prior (model.popularity_prior 0): nothing to compare")
     users, items = pl.read_parquet(args.users), pl.read_parquet(args.items)
     dim = model.config.model.dim
     U = cosine_units(model.embed_users(users)[0], dim)  # extra columns add to dot products as served
     V, new = model.embed_items(items)
     V = cosine_units(V, dim)
-    column = dim + model.model.match_width  # the prior's column: sqrt(prior) x the item's value
-    root = np.sqrt(model.model.prior)
+    column = dim + (terms.match.width if terms.get("match") is not None else 0)  # the prior's column: sqrt(prior) x the item's value
+    root = np.sqrt(terms.prior.weight)
     known = V[~new, column] / root  # the known items' prior values
 
     prep = args.out / "prep"
@@ -74,7 +80,7 @@ def main() -> None:
     positives = truth.filter(pl.col("label") == 1).unique(["user_id", "item_id"])
     n_new = positives.join(train.select("item_id").unique(), on="item_id", how="anti").height
     print(f"{args.split}: {len(rows):,} users, {positives.height:,} positives, {n_new:,} on new items; "
-          f"{int(new.sum()):,} of {len(new):,} items new; served new-item prior {float(model.model.item_popularity[0]):.3f}")
+          f"{int(new.sum()):,} of {len(new):,} items new; served new-item prior {float(terms.prior.item_popularity[0]):.3f}")
     print("| new items' prior | value | Recall@20 | Recall@100 | " + " | ".join(f"{b} Recall@100" for b in BUCKETS) + " | new share@20 | new share@100 |")
     print("|---|---|---|---|" + "---|" * (len(BUCKETS) + 2))
 

@@ -39,7 +39,8 @@ from coldrec.features import EncodedSamples, encode_dataset, fit_spec  # noqa: E
 from coldrec.losses import RetrievalLoss  # noqa: E402
 from coldrec.model import build_model  # noqa: E402
 from coldrec.synth import SynthConfig, run_synth  # noqa: E402
-from coldrec.train import Dist, TrainStep, _fill_profiles, _item_log_q, _leave_one_out, clip_gradients, make_optimizer, set_threads  # noqa: E402
+from coldrec.profiles import fill_click_profiles, leave_one_out  # noqa: E402
+from coldrec.train import Dist, TrainStep, _item_log_q, clip_gradients, make_optimizer, set_threads  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -72,7 +73,7 @@ class Training:
         self.config = config
         self.plain = plain  # the step before the fused optimiser: for-loop AdamW and clipping
         self.model = build_model(spec, config.model)
-        self.profiles = _fill_profiles(self.model, data, spec)  # empty unless model.*_profile
+        self.profiles = fill_click_profiles(self.model, data, spec)  # empty unless model.*_profile
         self.step_module = TrainStep(self.model, RetrievalLoss(config.loss.to_loss_config()), "twotower", Dist())
         self.parameters = [p for p in self.step_module.parameters() if p.requires_grad]
         if plain:
@@ -101,7 +102,7 @@ class Training:
         item_inputs = data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows))
         label, weight = samples.label.index_select(0, rows), samples.weight.index_select(0, rows)
         if self.profiles:
-            _leave_one_out(self.profiles, user_inputs, item_inputs, user_row, item_row, label)
+            leave_one_out(self.profiles, user_inputs, item_inputs, user_row, item_row, label)
         log_q = self.log_q.index_select(0, item_row)
         clock.append(time.perf_counter())
         total, _ = self.step_module(user_inputs, item_inputs, label, weight, item_row, log_q, self.generator)

@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coldrec.config import ModelConfig
-from coldrec.features import PROFILE_NUMERIC_BUCKETS, EntitySpec, profile_groups, profile_matrix, profile_projection, profile_width
+from coldrec.features import EntitySpec, profile_width
+from coldrec.served import ServedTerms
 
 EMBEDDING_INIT_STD = 0.1
-PROFILE_MATCH_CLIP = 3.0  # model.profile_match: profile slots beyond +-3 (20x over-clicked) count as 3
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -156,53 +156,19 @@ class Tower(nn.Module):
 
 
 class TwoTower(nn.Module):
-    """A user tower and an item tower; input dropout is drawn here in training mode."""
+    """A user tower and an item tower; input dropout is drawn here in training mode.
+
+    Served vectors (`embed`, `content_view`) are the tower outputs with the served score
+    terms appended (coldrec.served); training sees the tower outputs alone.
+    """
 
     def __init__(self, user_spec: EntitySpec, item_spec: EntitySpec, config: ModelConfig, *, normalize: bool = True, init: bool = True) -> None:
         super().__init__()
         self.config = config
         self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0, init=init)
         self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0, init=init)
-        # model.profile_match: served vectors are user [u, c * p_u B, 0, pad_u] and item
-        # [v, c * values_v B, pad_v, 0] (u, v unit; c^2 = profile_match; p_u = the user's
-        # profile clipped to +-PROFILE_MATCH_CLIP; B = identity, or with more slots than
-        # profile_match_rank the items' top principal directions `match_basis`), so u . v =
-        # cos + c^2 * p_u B B' values_v, and the pads fill every user vector and every item
-        # vector up to one norm per side: once normalised, ranking items for a user, or users
-        # for an item, by dot product (or angle) is ranking by that score.
-        # model.popularity_prior: one more dimension, c_r for every user and c_r * r_v for an
-        # item (c_r^2 = popularity_prior, r_v = `item_popularity` of its id row, between
-        # `popularity_floor` and 0; row 0, an item without a row, holds the catalogue's mean),
-        # inside the item's pad: u . v gains popularity_prior * r_v.
-        self.match = config.profile_match if (normalize and config.user_profile and config.profile_match > 0) else 0.0
-        self.prior = config.popularity_prior if normalize else 0.0
-        self.item_spec = item_spec
-        self.user_spec = user_spec
-        self.output_dim = config.dim
-        self.match_width = 0
-        if self.match:
-            self.value_width = profile_width(item_spec)  # slots of an item's values
-            self.value_groups = len(profile_groups(item_spec))  # each sums to 1: |values|^2 <= groups
-            self.profile_norm2_max = self.value_width * PROFILE_MATCH_CLIP**2  # the largest |clipped p_u|^2 (projecting only shrinks it)
-            rank = config.profile_match_rank
-            self.match_width = self.value_width if rank == 0 or rank >= self.value_width else rank  # served dims
-            self.register_buffer("item_value_edges", torch.zeros(len(item_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
-            if self.match_width < self.value_width:
-                self.register_buffer("match_basis", torch.zeros(self.value_width, self.match_width))  # filled by train
-        # model.profile_impute: a user without a click profile is served (user values
-        # `profile_matrix(user_spec)` @ `impute_map`) / column groups, times profile_impute
-        # (then projected, like a profile); impute_map[s] = the mean clipped profile of the
-        # train users with user value s.
-        self.impute = config.profile_impute if (self.match and profile_width(user_spec)) else 0.0
-        if self.impute:
-            self.user_value_groups = len(profile_groups(user_spec))
-            self.register_buffer("user_value_edges", torch.zeros(len(user_spec.numeric_columns), PROFILE_NUMERIC_BUCKETS - 1))
-            self.register_buffer("impute_map", torch.zeros(profile_width(user_spec), self.value_width))  # filled by train
-        if self.prior:
-            self.register_buffer("item_popularity", torch.zeros(item_spec.n_ids))  # filled by train
-            self.register_buffer("popularity_floor", torch.zeros(()))  # the lowest possible r_v
-        if self.match or self.prior:
-            self.output_dim = config.dim + self.match_width + (1 if self.prior else 0) + 2
+        self.terms = ServedTerms(config, user_spec, item_spec, enabled=normalize)  # none for dropoutnet's regressions
+        self.output_dim = config.dim + self.terms.width
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(batch,) bool masks: True = drop that row's user (item) preference block."""
@@ -229,78 +195,14 @@ class TwoTower(nn.Module):
         tower = self.user if side == "user" else self.item
         drop = torch.ones(inputs["id"].shape[0], dtype=torch.bool, device=inputs["id"].device)
         out = tower(inputs, drop)
-        return self.served(side, out, inputs, drop) if served else out
-
-    def _without_profile(self, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
-        """(batch,) bool: users served without a click profile (no train click, or dropped)."""
-        missing = self.user.profile_count.index_select(0, inputs["id"]) == 0
-        return missing | drop if drop is not None else missing
-
-    def _imputed_profile(self, inputs: dict[str, Tensor]) -> Tensor:
-        """(batch, match_width): model.profile_impute's profile, predicted from user content,
-        projected like a clicked profile: impute x (values @ impute_map) / groups @ B, its
-        length capped at a clipped profile's largest, so the pads keep every norm equal."""
-        table = self.impute_map @ self.match_basis if hasattr(self, "match_basis") else self.impute_map  # (user slots, match_width)
-        predicted = profile_projection(self.user_spec, inputs, self.user_value_edges, table) * (self.impute / self.user_value_groups)
-        return predicted * (self.profile_norm2_max / predicted.pow(2).sum(1, keepdim=True).clamp(min=1e-12)).sqrt().clamp(max=1.0)
+        return self.terms.apply(side, out, inputs, drop, self.user) if served else out
 
     def embed(self, side: str, inputs: dict[str, Tensor]) -> Tensor:
         """Serving: (batch, output_dim) embeddings of one side, no dropout."""
         tower = self.user if side == "user" else self.item
-        if self.match and side == "user":
+        if side == "user" and self.terms.get("match") is not None:
             inputs = {**inputs, "profile": tower.profile(inputs)}  # for the tower and the match
-        return self.served(side, tower(inputs, None), inputs, None)
-
-    def served(self, side: str, out: Tensor, inputs: dict[str, Tensor], drop: Tensor | None) -> Tensor:
-        """The tower output (batch, dim) with the profile-match and popularity-prior
-        dimensions (if any) appended."""
-        if not (self.match or self.prior):
-            return out
-        parts = [F.normalize(out, dim=1)]
-        zero = out.new_zeros((out.shape[0], 1))
-        if side == "user":
-            ceiling = 0.0
-            if self.match:
-                c = self.match**0.5
-                profile = inputs["profile"] if "profile" in inputs else self.user.profile(inputs)  # (batch, value_width); 0 when cold
-                profile = profile.clamp(-PROFILE_MATCH_CLIP, PROFILE_MATCH_CLIP)
-                if drop is not None:
-                    profile = profile * (~drop).unsqueeze(1).to(profile.dtype)
-                if hasattr(self, "match_basis"):
-                    profile = profile @ self.match_basis  # (batch, match_width); B has orthonormal columns
-                if self.impute:
-                    profile = torch.where(self._without_profile(inputs, drop).unsqueeze(1), self._imputed_profile(inputs), profile)
-                profile = profile * c
-                parts.append(profile)
-                ceiling = self.match * self.profile_norm2_max  # the largest |c * p_u|^2
-                filled = profile.pow(2).sum(1, keepdim=True)
-            else:
-                filled = zero
-            if self.prior:
-                parts.append(out.new_full((out.shape[0], 1), self.prior**0.5))  # the same for every user
-            pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
-            return torch.cat([*parts, zero, pad], dim=1)
-        ceiling = 0.0
-        filled = zero
-        if self.match:
-            c = self.match**0.5
-            if hasattr(self, "match_basis"):
-                values = profile_projection(self.item_spec, inputs, self.item_value_edges, self.match_basis) * c  # (batch, match_width)
-            else:
-                values = profile_matrix(self.item_spec, inputs, self.item_value_edges) * c  # (batch, value_width)
-            parts.append(values)
-            ceiling = self.match * self.value_groups  # the largest |c * values_v|^2
-            filled = values.pow(2).sum(1, keepdim=True)
-        if self.prior:
-            prior = self.item_popularity.index_select(0, inputs["id"]).unsqueeze(1)  # (batch, 1) <= 0
-            if drop is not None:  # served as a new item
-                prior = torch.where(drop.unsqueeze(1), self.item_popularity[0], prior)
-            prior = prior * self.prior**0.5
-            parts.append(prior)
-            ceiling = ceiling + self.prior * self.popularity_floor.pow(2)  # (a tensor: no host sync per batch)
-            filled = filled + prior.pow(2)
-        pad = torch.sqrt((ceiling - filled).clamp(min=0.0))  # (batch, 1)
-        return torch.cat([*parts, pad, zero], dim=1)
+        return self.terms.apply(side, tower(inputs, None), inputs, None, self.user)
 
 
 # --------------------------------------------------------------------------- the model directory
@@ -311,6 +213,13 @@ SPEC_FILE = "spec.json"
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.json"
 TRAIN_LOG_FILE = "train_log.jsonl"
+
+
+# Weights written before the served terms had a module of their own (coldrec 0.1, Nov 2026).
+LEGACY_KEYS = {
+    **{name: f"terms.match.{name}" for name in ("item_value_edges", "match_basis", "user_value_edges", "impute_map")},
+    **{name: f"terms.prior.{name}" for name in ("item_popularity", "popularity_floor")},
+}
 
 
 def build_model(spec, config: ModelConfig, *, normalize: bool = True, init: bool = True) -> TwoTower:
@@ -477,7 +386,7 @@ def load_model(model_dir) -> LoadedModel:
     # init=False: the embedding tables are not drawn at random only to be overwritten (at
     # millions of ids that was a noticeable share of a `coldrec embed` run).
     model = build_model(spec, model_config, normalize=bool(document.get("normalize", True)), init=False)
-    model_part = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
+    model_part = {LEGACY_KEYS.get(k[len("model."):], k[len("model."):]): v for k, v in state.items() if k.startswith("model.")}
     try:
         model.load_state_dict(model_part, strict=True)
     except RuntimeError as error:

@@ -295,7 +295,7 @@ def test_served_scores_are_the_cosine_plus_the_profile_match():
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
-    match = model.user.profile(user_inputs) @ profile_matrix(spec.item, item_inputs, model.item_value_edges).T  # (4, 4)
+    match = model.user.profile(user_inputs) @ profile_matrix(spec.item, item_inputs, model.terms.match.item_value_edges).T  # (4, 4)
     assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match, atol=1e-5)
     # One norm per side, so normalising keeps the ranking exact both ways (items for a user,
     # users for an item).
@@ -315,15 +315,15 @@ def test_profile_match_rank_projects_both_sides_onto_the_basis():
     torch.manual_seed(0)
     model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, profile_match_rank=2, popularity_prior=0.0))
     model.eval()
-    assert width > 2 and model.match_width == 2 and model.output_dim == 16 + 2 + 2
+    assert width > 2 and model.terms.match.width == 2 and model.output_dim == 16 + 2 + 2
     with torch.no_grad():
-        model.match_basis.copy_(torch.linalg.qr(torch.randn(width, 2))[0])  # orthonormal columns
+        model.terms.match.match_basis.copy_(torch.linalg.qr(torch.randn(width, 2))[0])  # orthonormal columns
     _fill_user_profiles(model)
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
-    basis = model.match_basis
-    match = (model.user.profile(user_inputs) @ basis) @ (profile_matrix(spec.item, item_inputs, model.item_value_edges) @ basis).T
+    basis = model.terms.match.match_basis
+    match = (model.user.profile(user_inputs) @ basis) @ (profile_matrix(spec.item, item_inputs, model.terms.match.item_value_edges) @ basis).T
     assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match, atol=1e-5)
     assert torch.allclose(served_items.norm(dim=1), torch.full((4,), (1 + 0.04 * len(profile_groups(spec.item))) ** 0.5), atol=1e-5)
     assert torch.allclose(served_users.norm(dim=1), torch.full((4,), (1 + 0.04 * width * 9.0) ** 0.5), atol=1e-4)
@@ -338,17 +338,17 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
     torch.manual_seed(0)
     model = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.04, popularity_prior=0.1))
     model.eval()
-    width = model.match_width
+    width = model.terms.match.width
     assert model.output_dim == 16 + width + 1 + 2
     popularity = torch.log(torch.tensor([0.0, 5.0, 0.0, 2.0]) + 1.0) - math.log(6.0)  # rows: new, item 1, 2, 3
     popularity[0] = popularity[1:].mean()  # an item without a row: the known items' mean
     with torch.no_grad():
-        model.item_popularity.copy_(popularity)
-        model.popularity_floor.fill_(-math.log(6.0))
+        model.terms.prior.item_popularity.copy_(popularity)
+        model.terms.prior.popularity_floor.fill_(-math.log(6.0))
     user_inputs, item_inputs = _inputs(spec, users, items, stats)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T  # (4, 4)
-    match = model.user.profile(user_inputs).clamp(-3, 3) @ profile_matrix(spec.item, item_inputs, model.item_value_edges).T
+    match = model.user.profile(user_inputs).clamp(-3, 3) @ profile_matrix(spec.item, item_inputs, model.terms.match.item_value_edges).T
     prior = popularity[item_inputs["id"]]  # (4,): item 4 has no row, so the mean
     assert item_inputs["id"][3] == 0 and prior[3] == popularity[0] and prior.min() < prior[3] < prior.max()
     assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * match + 0.1 * prior, atol=1e-5)
@@ -363,8 +363,8 @@ def test_popularity_prior_adds_to_item_scores_and_leaves_user_rankings_alone():
     alone = build_model(spec, ModelConfig(dim=16, hidden=[8], profile_match=0.0, popularity_prior=0.1))
     alone.eval()
     with torch.no_grad():
-        alone.item_popularity.copy_(popularity)
-        alone.popularity_floor.fill_(-math.log(6.0))
+        alone.terms.prior.item_popularity.copy_(popularity)
+        alone.terms.prior.popularity_floor.fill_(-math.log(6.0))
     assert alone.output_dim == 16 + 1 + 2
     cosine = F.normalize(alone.user(user_inputs), dim=1) @ F.normalize(alone.item(item_inputs), dim=1).T
     served = alone.embed("user", user_inputs) @ alone.embed("item", item_inputs).T
@@ -399,15 +399,15 @@ def test_profile_impute_serves_users_without_a_profile_the_profile_their_content
     values = profile_matrix(spec.user, user_inputs, profile_edges(spec.user, user_inputs))  # (4, user width)
     assert values.shape[1] == profile_width(spec.user) > 0
     with torch.no_grad():
-        model.user_value_edges.copy_(profile_edges(spec.user, user_inputs))
-        model.impute_map.copy_(torch.randn(profile_width(spec.user), profile_width(spec.item)))
+        model.terms.match.user_value_edges.copy_(profile_edges(spec.user, user_inputs))
+        model.terms.match.impute_map.copy_(torch.randn(profile_width(spec.user), profile_width(spec.item)))
     groups = len(profile_groups(spec.user))
-    imputed = 2.0 * values @ model.impute_map / groups  # (4, item width); far below the length cap
+    imputed = 2.0 * values @ model.terms.match.impute_map / groups  # (4, item width); far below the length cap
     profile = model.user.profile(user_inputs).clamp(-3, 3)
     expected = torch.where(torch.tensor([False, True, False, True]).unsqueeze(1), imputed, profile)
     served_users, served_items = model.embed("user", user_inputs), model.embed("item", item_inputs)
     cosine = F.normalize(model.user(user_inputs), dim=1) @ F.normalize(model.item(item_inputs), dim=1).T
-    item_values = profile_matrix(spec.item, item_inputs, model.item_value_edges)
+    item_values = profile_matrix(spec.item, item_inputs, model.terms.match.item_value_edges)
     assert torch.allclose(served_users @ served_items.T, cosine + 0.04 * expected @ item_values.T, atol=1e-5)
     # Users with a profile are served as without the option; every user keeps one norm.
     plain_users = plain.embed("user", user_inputs)
@@ -416,16 +416,16 @@ def test_profile_impute_serves_users_without_a_profile_the_profile_their_content
     assert torch.allclose(served_users.norm(dim=1), plain_users.norm(dim=1), atol=1e-4)
     # A huge imputed profile is capped at a clipped profile's largest length: norms stay equal.
     with torch.no_grad():
-        model.impute_map.mul_(1e4)
+        model.terms.match.impute_map.mul_(1e4)
     assert torch.allclose(model.embed("user", user_inputs).norm(dim=1), plain_users.norm(dim=1), atol=1e-3)
     with torch.no_grad():
-        model.impute_map.mul_(1e-4)
+        model.terms.match.impute_map.mul_(1e-4)
     # The content-only view imputes every user.
     width = profile_width(spec.item)
     assert torch.allclose(model.content_view("user", user_inputs)[:, 16 : 16 + width], 0.04**0.5 * imputed, atol=1e-6)
     with pytest.raises(Exception, match="profile_impute"):
         ModelConfig(profile_impute=-1.0).validate()
-    assert build_model(spec, ModelConfig(profile_match=0.0, profile_impute=2.0)).impute == 0.0  # needs the match
+    assert build_model(spec, ModelConfig(profile_match=0.0, profile_impute=2.0)).terms.get("match") is None  # needs the match
 
 
 def test_profile_match_zero_serves_the_plain_tower_output():

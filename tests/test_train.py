@@ -131,14 +131,14 @@ def test_click_profiles_are_the_train_clicks_and_are_saved_with_the_weights(tiny
     from coldrec.features import encode_content, profile_edges, profile_matrix, profile_width
 
     width = profile_width(loaded.spec.item)
-    assert width > 24 and loaded.model.match_width == 24 and loaded.dim == 16 + 24 + 2
+    assert width > 24 and loaded.model.terms.match.width == 24 and loaded.dim == 16 + 24 + 2
     items = pl.read_parquet(tiny / "synth/items.parquet")
     content = encode_content(loaded.spec.item, items, "items")
     edges = profile_edges(loaded.spec.item, content)
-    assert torch.allclose(loaded.model.item_value_edges, edges) and len(edges) > 0
+    assert torch.allclose(loaded.model.terms.match.item_value_edges, edges) and len(edges) > 0
     # The saved basis: orthonormal columns, the items' top principal directions, so it keeps
     # more of the items' values than any other 24 directions, e.g. the first 24 slots.
-    basis = loaded.model.match_basis  # (width, 24)
+    basis = loaded.model.terms.match.match_basis  # (width, 24)
     assert torch.allclose(basis.T @ basis, torch.eye(24), atol=1e-4)
     values = profile_matrix(loaded.spec.item, content, edges)  # (items, width)
     kept = (values @ basis).pow(2).sum() / values.pow(2).sum()
@@ -162,7 +162,7 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     out = tmp_path / "model"
     run_train(*_args(tiny), out, overrides={**FAST, "model.profile_match": 0.025, "model.profile_match_rank": 0, "model.popularity_prior": 0.0, "model.profile_impute": 0.0})
     width = profile_width(load_model(out).spec.item)
-    assert load_model(out).dim == 16 + width + 2 and not hasattr(load_model(out).model, "match_basis")
+    assert load_model(out).dim == 16 + width + 2 and not load_model(out).model.terms.match.projected
     # spec.json of a model written before profile_match_rank, popularity_prior and
     # profile_impute existed: read as every slot, no prior and no imputed profile.
     document = json.loads((out / "spec.json").read_text())
@@ -181,7 +181,7 @@ def test_profile_impute_maps_each_user_value_to_the_mean_profile_of_its_clickers
     users = pl.read_parquet(tiny / "synth/users.parquet")
     content = encode_content(loaded.spec.user, users, "users")
     edges = profile_edges(loaded.spec.user, content)
-    assert torch.allclose(loaded.model.user_value_edges, edges)  # the training run's buckets, saved
+    assert torch.allclose(loaded.model.terms.match.user_value_edges, edges)  # the training run's buckets, saved
     values = profile_matrix(loaded.spec.user, content, edges).double()  # (users, user width)
     rows = torch.from_numpy(id_indices(loaded.spec.user, users["user_id"]))
     clicked = loaded.model.user.profile_count[rows] > 0
@@ -190,17 +190,17 @@ def test_profile_impute_maps_each_user_value_to_the_mean_profile_of_its_clickers
         profiles = loaded.model.user.profile({"id": rows[clicked]}).clamp(-3, 3).double()
     weight = values[clicked].sum(0)  # (user width,)
     expected = (values[clicked].T @ profiles) / weight.clamp(min=1e-12).unsqueeze(1)
-    assert torch.allclose(loaded.model.impute_map.double(), expected, atol=1e-4)
-    assert (loaded.model.impute_map[weight == 0] == 0).all() and (weight > 0).sum() > 0
+    assert torch.allclose(loaded.model.terms.match.impute_map.double(), expected, atol=1e-4)
+    assert (loaded.model.terms.match.impute_map[weight == 0] == 0).all() and (weight > 0).sum() > 0
     # Served: a user without a click is matched with the imputed profile, so their vector
     # moves with the map; a user with clicks does not.
     before, _ = loaded.embed_users(users)
     with torch.no_grad():
-        loaded.model.impute_map.mul_(0.5)
+        loaded.model.terms.match.impute_map.mul_(0.5)
     after, _ = loaded.embed_users(users)
     moved = ~np.isclose(before, after, atol=1e-6).all(axis=1)
     assert np.array_equal(moved, ~clicked.numpy())
-    assert len(profile_groups(loaded.spec.user)) == loaded.model.user_value_groups
+    assert len(profile_groups(loaded.spec.user)) == loaded.model.terms.match.user_value_groups
 
 
 @pytest.mark.parametrize("new_item_prior", [0.75, 0.0, 0.3])
@@ -226,25 +226,25 @@ def test_popularity_prior_counts_the_last_days_train_clicks(tiny, tmp_path, new_
         assert np.quantile(expected[1:], new_item_prior) < expected[0] == pytest.approx(expected[1:].mean())
     elif new_item_prior == 0.75:
         assert expected[0] == pytest.approx(np.quantile(expected[1:], 0.75)) and expected[0] > expected[1:].mean()
-    assert np.allclose(loaded.model.item_popularity.numpy(), expected, atol=1e-6)
-    assert float(loaded.model.popularity_floor) == pytest.approx(floor) and floor < expected[0] < 0
+    assert np.allclose(loaded.model.terms.prior.item_popularity.numpy(), expected, atol=1e-6)
+    assert float(loaded.model.terms.prior.popularity_floor) == pytest.approx(floor) and floor < expected[0] < 0
     # Served: one more dimension, which holds sqrt(prior) x the item's value (before the
     # vector is normalised, hence the ratio to a new item's).
-    assert loaded.dim == 16 + loaded.model.match_width + 1 + 2
+    assert loaded.dim == 16 + loaded.model.terms.match.width + 1 + 2
     items = pl.read_parquet(tiny / "synth/items.parquet")
     vectors, cold = loaded.embed_items(items)
-    column = 16 + loaded.model.match_width
+    column = 16 + loaded.model.terms.match.width
     ratio = vectors[:, column] / vectors[cold, column][0]  # (items,) value / floor
     rows = torch.from_numpy(np.array([row.get(i, 0) for i in items["item_id"].to_list()]))
     assert np.allclose(ratio, expected[rows.numpy()] / expected[0], atol=1e-4)
 
 
 def test_leave_one_out_skips_ids_without_a_row_and_negatives():
-    from coldrec.train import _leave_one_out
+    from coldrec.profiles import leave_one_out
 
     profiles = {"user": torch.arange(12, dtype=torch.float32).reshape(4, 3)}  # 4 items x width 3
     user_inputs = {"id": torch.tensor([0, 2, 3])}  # the first user has no id row (cold slot)
-    _leave_one_out(profiles, user_inputs, {"id": torch.tensor([1, 1, 1])}, torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([1, 1, 0]))
+    leave_one_out(profiles, user_inputs, {"id": torch.tensor([1, 1, 1])}, torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([1, 1, 0]))
     assert user_inputs["profile_count_minus"].tolist() == [0.0, 1.0, 0.0]  # cold slot, click, negative
     assert torch.equal(user_inputs["profile_minus"], torch.stack([torch.zeros(3), profiles["user"][2], torch.zeros(3)]))
 
@@ -518,14 +518,14 @@ def test_imputed_profiles_lift_content_only_users(world):
         model_top = np.argsort(-(user_vectors @ item_vectors.T), axis=1)[:, :k]
         return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(true_top, model_top)]))
 
-    assert model.model.impute == 2.0
+    assert model.model.terms.match.impute == 2.0
     imputed = precision()
-    saved = model.model.impute_map.clone()
+    saved = model.model.terms.match.impute_map.clone()
     with torch.no_grad():
-        model.model.impute_map.zero_()
+        model.model.terms.match.impute_map.zero_()
     empty = precision()
     with torch.no_grad():
-        model.model.impute_map.copy_(saved)
+        model.model.terms.match.impute_map.copy_(saved)
     print(f"content-only users, precision@{k} of items: imputed {imputed:.3f}, empty {empty:.3f}, chance {k / len(items):.3f}")
     # measured, training seeds 0-3: 0.261 / 0.251 / 0.252 / 0.255 vs 0.249 / 0.238 / 0.240 / 0.242
     assert imputed > 1.02 * empty, (imputed, empty)
@@ -609,7 +609,7 @@ def test_new_items_are_served_a_prior_that_leaves_them_room_in_a_mixed_catalogue
     user_vectors, _ = model.embed_users(users, stats=pl.read_parquet(root / "stats/user_stats_latest.parquet"))
     truth = true_affinity(root / "synth/truth", users["user_id"].to_list(), items["item_id"].to_list())  # (U, I)
     true_top = np.argsort(-truth, axis=1)[:, :k]
-    popularity = model.model.item_popularity
+    popularity = model.model.terms.prior.item_popularity
     known = popularity[1:].double().numpy()
     assert model.config.model.new_item_prior == 0.75
     assert float(popularity[0]) == pytest.approx(max(np.quantile(known, 0.75), known.mean()), abs=1e-5)

@@ -501,6 +501,7 @@ def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30, 
     return float(np.mean([len(set(true_top[:, j]) & set(model_top[:, j])) / k for j in range(scores.shape[1])]))
 
 
+@pytest.mark.slow
 def test_imputed_profiles_lift_content_only_users(world):
     """Users served from content alone (`--cold`: no id row, no statistics, no click profile)
     rank the warm items closer to their true affinity with the imputed profile
@@ -531,6 +532,7 @@ def test_imputed_profiles_lift_content_only_users(world):
     assert imputed > 1.02 * empty, (imputed, empty)
 
 
+@pytest.mark.slow
 def test_cold_items_rank_their_true_best_users_far_above_chance(world):
     chance = 30 / len(world["users"])
     precision = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True)
@@ -538,6 +540,7 @@ def test_cold_items_rank_their_true_best_users_far_above_chance(world):
     assert precision > 3 * chance, (precision, chance)  # measured 0.36 (seed 0), 0.33 (seed 1) vs chance 0.085
 
 
+@pytest.mark.slow
 def test_warm_quality_is_not_lost_with_dropout(world):
     with_dropout = _best_user_precision(world, world["models"]["dropout"], world["warm"], cold=False)
     without = _best_user_precision(world, world["models"]["no_dropout"], world["warm"], cold=False)
@@ -546,6 +549,7 @@ def test_warm_quality_is_not_lost_with_dropout(world):
     assert with_dropout > 3 * 30 / len(world["users"])
 
 
+@pytest.mark.slow
 def test_dropout_beats_no_dropout_on_cold_items(world):
     # Input dropout acts on the towers (with `model.profile_match` > 0, the served match,
     # which is not trained, would help both models alike).
@@ -555,6 +559,7 @@ def test_dropout_beats_no_dropout_on_cold_items(world):
     assert with_dropout > 1.5 * without, (with_dropout, without)  # measured 0.36 vs 0.17, 0.33 vs 0.13, 0.36 vs 0.16 (seeds 0-2)
 
 
+@pytest.mark.slow
 def test_click_profiles_lift_warm_ranking_and_keep_cold_items(world):
     """Profiles (on by default) against the same model without them, ranking users per item."""
     with_profiles = _best_user_precision(world, world["models"]["dropout"], world["cold"], cold=True)
@@ -571,6 +576,7 @@ def test_click_profiles_lift_warm_ranking_and_keep_cold_items(world):
 # --------------------------------------------------------------------------- distributed
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_and_save_once(tiny, tmp_path):
     prep, users, items = _args(tiny)
     out = tmp_path / "ddp"
@@ -597,6 +603,7 @@ def test_torchrun_two_cpu_processes_train_and_save_once(tiny, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if "ddp" in p.name) == [".ddp.lock", "ddp"]
 
 
+@pytest.mark.slow
 def test_new_items_are_served_a_prior_that_leaves_them_room_in_a_mixed_catalogue(world):
     """All items ranked together, the held-out ones (no id row: content only) among the warm
     ones: with model.new_item_prior (the 75% quantile of the known items' prior, on by

@@ -340,7 +340,7 @@ def load_model(model_dir) -> LoadedModel:
 
     from safetensors.torch import load_file
 
-    from coldrec.config import TrainConfig
+    from coldrec.config import TrainConfig, without_removed
     from coldrec.errors import ColdrecError, IncompatibleModel, InputNotFound
     from coldrec.features import FeatureSpec
     from coldrec.io import content_fingerprint
@@ -373,13 +373,14 @@ def load_model(model_dir) -> LoadedModel:
         spec = FeatureSpec.from_dict(document["features"])
         # Models written before model.profile_match_rank existed served every slot; before
         # model.popularity_prior, no prior; before model.profile_impute, no imputed profile.
-        model_config = ModelConfig(**{"profile_match_rank": 0, "popularity_prior": 0.0, "profile_impute": 0.0, **document["model"]})
+        saved = without_removed({"model": document["model"]})["model"]
+        model_config = ModelConfig(**{"profile_match_rank": 0, "popularity_prior": 0.0, "profile_impute": 0.0, **saved})
     except (KeyError, TypeError) as error:
         raise IncompatibleModel(f"malformed {SPEC_FILE} ({error})", path=directory / SPEC_FILE, hint="retrain the model") from None
     config = TrainConfig(model=model_config)
     if (directory / CONFIG_FILE).is_file():
         try:
-            config = TrainConfig.from_dict(__import__("tomllib").loads((directory / CONFIG_FILE).read_text()), source=str(directory / CONFIG_FILE))
+            config = TrainConfig.from_dict(without_removed(__import__("tomllib").loads((directory / CONFIG_FILE).read_text())), source=str(directory / CONFIG_FILE))
         except (ColdrecError, ValueError):
             pass  # spec.json alone suffices to serve; config.toml is for people and reruns
         config.model = model_config

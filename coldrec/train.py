@@ -305,11 +305,6 @@ class TrainStep(nn.Module):
             candidate_offset=offset,
             generator=generator,
         )
-        aux_weight = self.model.config.content_aux_weight
-        if aux_weight > 0 and self.training:
-            # model.content_aux_weight: the same loss against every row's content-only item view.
-            aux = self.loss(user, self.model.content_view("item", item_inputs, served=False), label, item_index=item_row, weight=weight, item_log_q=item_log_q, generator=generator)
-            return out.total + aux_weight * aux.total, {**out.parts, "content_aux": aux.total.detach()}
         return out.total, out.parts
 
 
@@ -407,7 +402,7 @@ def run_train(
     progress = _resume(ckpt, loop, fingerprint) if resume else _Progress()
     _fit(loop, progress, validation, ckpt, fingerprint, on_epoch_end)
 
-    if progress.best_state is not None and config.training.restore_best:
+    if progress.best_state is not None:
         load_state_into(step_module.model, step_module.loss, {k: v.to(torch_device) for k, v in progress.best_state.items()})
     result = _result(out, progress, loop, inputs, started)
     if dist.main:

@@ -140,39 +140,9 @@ def test_content_view_is_the_cold_view_of_every_row():
     assert torch.allclose(model.content_view("item", item_inputs, served=False), model.item(cold_inputs), atol=1e-6)
 
 
-def test_content_aux_weight_adds_the_loss_of_the_content_only_item_view():
-    from coldrec.losses import LossConfig, RetrievalLoss
-    from coldrec.train import Dist, TrainStep
-
-    spec, users, items, stats = _spec()
-    user_inputs, item_inputs = _inputs(spec, users, items, stats)
-    label = torch.ones(4)
-    weight = torch.ones(4)
-    item_row = torch.arange(4)
-    log_q = torch.full((4,), -1.0)
-    totals = {}
-    for aux in (0.0, 0.5):
-        torch.manual_seed(0)
-        config = ModelConfig(dim=8, hidden=[16], user_dropout_rate=0.0, item_dropout_rate=0.0, content_aux_weight=aux)
-        model = build_model(spec, config)
-        loss = RetrievalLoss(LossConfig(pointwise_weight=0.0, softmax_weight=1.0))
-        step = TrainStep(model, loss, "twotower", Dist()).train()
-        total, parts = step(user_inputs, item_inputs, label, weight, item_row, log_q, torch.Generator().manual_seed(0))
-        totals[aux] = (total, parts)
-    user = model.user(user_inputs)
-    expected = loss(user, model.content_view("item", item_inputs, served=False), label, item_index=item_row, weight=weight, item_log_q=log_q).total
-    assert "content_aux" in totals[0.5][1] and "content_aux" not in totals[0.0][1]
-    assert (totals[0.5][0] - totals[0.0][0]).item() == pytest.approx(0.5 * expected.item(), rel=1e-5)
-    # The auxiliary term trains the item content encoders even with no dropped row.
-    totals[0.5][0].backward()
-    assert model.item.encoders["col0"].weight.grad.abs().sum() > 0
-
-
-def test_content_aux_weight_is_validated():
+def test_profile_smoothing_is_validated():
     from coldrec.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="content_aux_weight"):
-        ModelConfig(content_aux_weight=-1.0).validate()
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ConfigError, match="profile_smoothing"):
             ModelConfig(profile_smoothing=bad).validate()

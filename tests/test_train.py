@@ -170,6 +170,14 @@ def test_profile_match_rank_zero_serves_every_slot_and_older_models_still_load(t
     del document["model"]["profile_impute"]
     (out / "spec.json").write_text(json.dumps(document))
     assert load_model(out).dim == 16 + width + 2
+    # A model saved with keys removed since (spec.json and config.toml) still loads and embeds alike.
+    before = load_model(out).embed_items(pl.read_parquet(_args(tiny)[2]))[0]
+    document["model"]["content_aux_weight"] = 0.0
+    (out / "spec.json").write_text(json.dumps(document))
+    config = (out / "config.toml").read_text().replace("[training]\n", "[training]\nrestore_best = true\n")
+    (out / "config.toml").write_text(config.replace("[model]\n", "[model]\ncontent_aux_weight = 0.0\n"))
+    old = load_model(out)
+    assert old.config.training.epochs == FAST["training.epochs"] and np.array_equal(old.embed_items(pl.read_parquet(_args(tiny)[2]))[0], before)
 
 
 def test_profile_impute_maps_each_user_value_to_the_mean_profile_of_its_clickers(tiny, tmp_path):

@@ -1,4 +1,4 @@
-"""training.restore_best: end with the best validation epoch's weights, or the last epoch's."""
+"""A run with validation ends with its best epoch's weights; removed keys are refused."""
 
 from __future__ import annotations
 
@@ -34,13 +34,19 @@ def _train(world, samples, out, **overrides):
     return run_train(world / samples, world / "synth/users.parquet", world / "synth/items.parquet", out, overrides={**FAST, **overrides})
 
 
-def test_restore_best_false_keeps_the_last_epoch(world, tmp_path):
-    last = _train(world, "with_valid", tmp_path / "last", **{"training.restore_best": False})
-    _train(world, "train_only", tmp_path / "plain")  # no validation: always the last epoch
-    assert last.epochs == 4
-    a, b = _weights(tmp_path / "last"), _weights(tmp_path / "plain")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+def test_the_best_validation_epoch_is_restored(world, tmp_path):
+    _train(world, "train_only", tmp_path / "plain")  # no validation: the last epoch's weights
     best = _train(world, "with_valid", tmp_path / "best")
-    c = _weights(tmp_path / "best")
+    a, c = _weights(tmp_path / "plain"), _weights(tmp_path / "best")
+    assert a.keys() == c.keys() and 1 <= best.best_epoch <= best.epochs == 4
     same = all(torch.equal(a[k], c[k]) for k in a)
     assert same == (best.best_epoch == best.epochs), (best.best_epoch, best.epochs)
+
+
+@pytest.mark.parametrize("key", ["training.restore_best", "model.content_aux_weight"])
+def test_removed_keys_are_refused_with_the_reason(world, tmp_path, key):
+    from coldrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="removed in 0.2"):
+        _train(world, "with_valid", tmp_path / "out", **{key: False if key.startswith("training") else 0.5})
+    assert not (tmp_path / "out").exists()

@@ -40,7 +40,8 @@ from coldrec.losses import RetrievalLoss  # noqa: E402
 from coldrec.model import build_model  # noqa: E402
 from coldrec.synth import SynthConfig, run_synth  # noqa: E402
 from coldrec.profiles import fill_click_profiles, leave_one_out  # noqa: E402
-from coldrec.train import Dist, TrainStep, _item_log_q, clip_gradients, make_optimizer, set_threads  # noqa: E402
+from coldrec.batches import EpochSampler  # noqa: E402
+from coldrec.train import Dist, TrainStep, clip_gradients, make_optimizer, set_threads  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -82,7 +83,7 @@ class Training:
             self.optimizer = make_optimizer(self.parameters, config.training.lr, config.training.weight_decay)
         self.data = data
         self.samples = data.splits["train"]
-        self.log_q = _item_log_q(self.samples.item_row, len(data.items))
+        self.log_q = EpochSampler(self.samples.label, 1e12).item_log_q(self.samples.item_row, len(data.items))  # every row, as tiled
         self.generator = torch.Generator().manual_seed(0)
         self.permutation = torch.randperm(len(self.samples), generator=self.generator)
         self.batch = config.training.batch_size

@@ -157,7 +157,6 @@ class TsUnit(str, Enum):
 
 @app.command()
 def prepare(
-    exposures: InputPath,
     clicks: InputPath,
     out: OutDir,
     attribution_window: Annotated[
@@ -173,6 +172,10 @@ def prepare(
     holdout_items: Annotated[float, typer.Option(help="Fraction of items held out for test_cold_item, in [0, 1).")] = 0.0,
     holdout_users: Annotated[float, typer.Option(help="Fraction of users held out for test_cold_user, in [0, 1).")] = 0.0,
     seed: Seed = 0,
+    exposures: Annotated[
+        Optional[Path],
+        typer.Option(help="Parquet file or directory of the exposure log. Leave out for a click-only log: every click becomes a positive sample (coldrec train then trains the in-batch softmax alone)."),
+    ] = None,
 ) -> None:
     """Label exposures with clicks and split them into train/valid (+ cold test sets).
 
@@ -182,6 +185,8 @@ def prepare(
     move every row of the held-out ids to test_cold_* and add test_warm. See docs/data.md.
 
     Example: coldrec prepare --exposures data/exposures --clicks data/clicks --out prep/ --holdout-items 0.1
+
+    Example (a click log without exposures): coldrec prepare --clicks data/clicks --out prep/
     """
     from coldrec.prepare import PrepareConfig, run_prepare
 

@@ -179,6 +179,10 @@ class TrainingConfig:
     """The optimisation loop."""
 
     objective: str = "twotower"  # "twotower" | "dropoutnet" (MSE to pretrained U·Vᵀ)
+    # Exposed-not-clicked samples per click drawn into each epoch (coldrec.batches): every
+    # click is trained on once per epoch, the other exposures are sampled, each weighted by
+    # the inverse of its sampling rate. A rate above negatives / clicks takes every sample.
+    negative_rate: float = 1e9
     epochs: int = 10
     batch_size: int = 1024  # global batch (split across ranks under torchrun)
     lr: float = 3e-3
@@ -205,7 +209,7 @@ class TrainingConfig:
         _positive(self, "epochs", "batch_size", "recall_k", "max_valid_users", section="training")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"training.lr must be a positive number, got {self.lr}", hint="e.g. lr = 0.003")
-        for name in ("weight_decay", "grad_clip", "warmup_steps", "patience"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "patience", "negative_rate"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
         _choice(self, "schedule", SCHEDULES, "training")

@@ -33,6 +33,7 @@ import datetime as dt
 import math
 import re
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -633,12 +634,18 @@ def _warn_no_overlap(labelled: pl.DataFrame, counts: LabelCounts, clicks_path: P
     )
 
 
-def label_logs(exposures: Path, clicks: Path, config: PrepareConfig) -> pl.DataFrame:
+def label_logs(exposures: Path | None, clicks: Path, config: PrepareConfig) -> pl.DataFrame:
     """Read, check and label both logs within the configured range (`to_samples` rows, with
-    unmatched clicks after --end marked ROLE_LATE). Raises before any output exists."""
+    unmatched clicks after --end marked ROLE_LATE). Raises before any output exists.
+
+    Without `exposures` (a click-only log) every click is an orphan: the caller keeps them."""
     last_click_day = config.end + dt.timedelta(days=config.click_days_after_end) if config.end else None
-    raw_exposures = read_log(exposures, schema.EXPOSURES, config, config.end)
     raw_clicks = read_log(clicks, schema.CLICKS, config, last_click_day)
+    if exposures is None:
+        raw_exposures = raw_clicks.select("user_id", "item_id", "ts").head(0)
+        exposures = clicks
+    else:
+        raw_exposures = read_log(exposures, schema.EXPOSURES, config, config.end)
     exposure_schema, click_schema = raw_exposures.collect_schema(), raw_clicks.collect_schema()
     for column in ("user_id", "item_id"):
         schema.check_id_types_match(exposure_schema[column], click_schema[column], column, exposures, clicks)
@@ -664,7 +671,7 @@ def label_logs(exposures: Path, clicks: Path, config: PrepareConfig) -> pl.DataF
 
 
 def run_prepare(
-    exposures: str | Path,
+    exposures: str | Path | None,
     clicks: str | Path,
     out: str | Path,
     config: PrepareConfig | None = None,
@@ -675,21 +682,34 @@ def run_prepare(
     user_id, item_id, ts (Datetime us, naive UTC), label (Int8), weight (Float32), sorted by
     ts; and manifest.json with the counts, the cuts and the held-out ids. Bad input raises a
     ColdrecError before anything is written; a locked `out` raises OutputLocked.
+
+    `exposures` None: a click-only log. Every click becomes a positive sample at its ts (the
+    splits and holdouts as usual); there are no negatives, so `coldrec train` trains the
+    in-batch softmax alone.
     """
     config = config or PrepareConfig()
     config.validate()
     started = time.perf_counter()
-    exposures, clicks, out = Path(exposures), Path(clicks), Path(out)
+    exposures, clicks, out = (Path(exposures) if exposures is not None else None), Path(clicks), Path(out)
+    if exposures is None:
+        config = dataclasses.replace(config, orphan_clicks="keep")  # every click is a sample
+        log.info("prepare: no exposure log: every click becomes a positive sample (no negatives)")
     with io.output_lock(out, "coldrec prepare"):
         labelled = label_logs(exposures, clicks, config)
         counts = LabelCounts.of(labelled)
-        if counts.exposures_read == 0:
+        if exposures is None and counts.orphan_clicks == 0:
+            raise EmptyInput(
+                f"no clicks between {config.start or 'the start'} and {config.end or 'the end'}",
+                path=clicks,
+                hint="check --start/--end against the days the click log covers",
+            )
+        if exposures is not None and counts.exposures_read == 0:
             raise EmptyInput(
                 f"no exposures between {config.start or 'the start'} and {config.end or 'the end'}",
                 path=exposures,
                 hint="check --start/--end against the days the logs cover",
             )
-        if counts.clicks_read and not counts.clicks_matched:
+        if exposures is not None and counts.clicks_read and not counts.clicks_matched:
             _warn_no_overlap(labelled, counts, clicks)
         keep_roles = [ROLE_SAMPLE, ROLE_ORPHAN] if config.orphan_clicks == "keep" else [ROLE_SAMPLE]
         samples = labelled.filter(pl.col("role").is_in(keep_roles)).select(OUTPUT_COLUMNS)
@@ -717,7 +737,7 @@ def run_prepare(
             io.Manifest(
                 command="prepare",
                 parameters=config.parameters(),
-                inputs=io.input_fingerprints(exposures=exposures, clicks=clicks),
+                inputs=io.input_fingerprints(**({"exposures": exposures} if exposures is not None else {}), clicks=clicks),
                 row_counts={name: split.rows for name, split in result.splits.items()},
                 extra={
                     **result.fields(),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -40,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from coldrec import io, log
+from coldrec.batches import EpochSampler
 from coldrec.checkpoint import CHECKPOINT_META, checkpoint_dir, load_checkpoint, load_state_into, save_checkpoint
 from coldrec.config import TrainConfig, load_config
 from coldrec.errors import EmptyInput, InputNotFound, SchemaError, UsageError, WrongDtype
@@ -508,16 +510,32 @@ def _build(spec: FeatureSpec, config: TrainConfig, data: EncodedData, train: pl.
     -> (model + loss, the click profiles' per-entity rows for the leave-one-out)."""
     objective = config.training.objective
     model = build_model(spec, config.model, normalize=objective != "dropoutnet")
+    loss_config = _loss_for(config, data.splits["train"].label) if objective == "twotower" else None
     with torch.no_grad():
         for side, matrix in pretrained.items():
             (model.user if side == "user" else model.item).id_embedding.weight[1:] = torch.from_numpy(matrix)
-    loss = RetrievalLoss(config.loss.to_loss_config()) if objective == "twotower" else None
+    loss = RetrievalLoss(loss_config) if loss_config is not None else None
     if old_model is not None:
         moved = transfer_weights(model, spec, old_model, loss)
         log.info(f"warm start from {init_from}: {moved['copied']} tensors carried over, {moved['fresh']} fresh")
     profiles = fill_click_profiles(model, data, spec)  # after the warm start: data, not weights
     model.terms.fit(model.user, data, spec, train, config.model)  # needs the click profiles
     return TrainStep(model, loss, objective, dist), profiles
+
+
+def _loss_for(config: TrainConfig, label: Tensor):
+    """The [loss] config, without the pointwise and pairwise losses when the samples hold no
+    exposed-not-clicked row (a click-only log, or training.negative_rate 0): those losses
+    learn from shown-and-skipped rows, so the in-batch softmax trains alone."""
+    loss = config.loss.to_loss_config()
+    has_negatives = bool((label <= 0).any()) and config.training.negative_rate > 0
+    if has_negatives or (loss.pointwise_weight == 0 and loss.pairwise_weight == 0):
+        return loss
+    if loss.softmax_weight == 0:
+        raise UsageError("the train samples have no exposed-not-clicked row and loss.softmax_weight is 0: nothing to train",
+                         hint="set loss.softmax_weight > 0 (the in-batch softmax needs clicks only), or prepare with --exposures")
+    log.warning("no exposed-not-clicked samples to train on: the pointwise and pairwise losses are off, the in-batch softmax trains alone")
+    return dataclasses.replace(loss, pointwise_weight=0.0, pairwise_weight=0.0)
 
 
 @dataclass
@@ -562,6 +580,7 @@ class _Loop:
     parameters: list[nn.Parameter]
     data: EncodedData
     profiles: dict[str, Tensor]
+    sampler: EpochSampler  # every click and a sample of the other exposures, per epoch
     item_log_q: Tensor  # (items,)
     device: torch.device
     dist: Dist
@@ -576,14 +595,16 @@ class _Loop:
         step_module = step_module.to(device)
         data = data.to(device)
         samples = data.splits["train"]
-        item_log_q = _item_log_q(samples.item_row, len(data.items)).to(device)
+        sampler = EpochSampler(samples.label, config.training.negative_rate)
+        log.info(f"training on {sampler.describe()}")
+        item_log_q = sampler.item_log_q(samples.item_row, len(data.items)).to(device)
         profiles = {side: table.to(device) for side, table in profiles.items()}
         parameters = [p for p in step_module.parameters() if p.requires_grad]
         optimizer = make_optimizer(parameters, config.training.lr, config.training.weight_decay)
         per_rank = max(1, config.training.batch_size // dist.world)
-        n = len(samples)
+        n = len(sampler)
         steps = max(1, n // (per_rank * dist.world)) if dist.enabled else max(1, math.ceil(n / per_rank))
-        return cls(step_module, _distributed(step_module, config, dist, device), optimizer, parameters, data, profiles, item_log_q, device, dist, config.training, per_rank, steps)
+        return cls(step_module, _distributed(step_module, config, dist, device), optimizer, parameters, data, profiles, sampler, item_log_q, device, dist, config.training, per_rank, steps)
 
     @property
     def total_steps(self) -> int:
@@ -591,19 +612,21 @@ class _Loop:
 
     def epoch(self, epoch: int) -> dict[str, Any]:
         training, dist, device = self.training, self.dist, self.device
-        samples = self.data.splits["train"]
         started = time.perf_counter()
         order_gen = torch.Generator().manual_seed(_epoch_seed(training.seed, epoch, 0, 0))
         step_gen = torch.Generator(device=device).manual_seed(_epoch_seed(training.seed, epoch, dist.rank, 1))
         torch.manual_seed(_epoch_seed(training.seed, epoch, dist.rank, 2))  # MLP dropout, if any
-        permutation = torch.randperm(len(samples), generator=order_gen).to(device)  # (n,)
+        rows, importance = self.sampler.rows(order_gen)  # (epoch rows,) each
+        rows = rows.to(device)
+        importance = importance.to(device) if importance is not None else None
         sums = {"loss": torch.zeros((), device=device)}
         with log.progress(f"epoch {epoch + 1}/{training.epochs}", total=self.steps_per_epoch) as bar:
             for step in range(self.steps_per_epoch):
                 for group in self.optimizer.param_groups:
                     group["lr"] = _lr_at(epoch * self.steps_per_epoch + step, self.total_steps, training)
                 start = step * self.per_rank * dist.world + dist.rank * self.per_rank
-                total, parts = self._step(permutation[start : start + self.per_rank], step_gen)
+                stop = start + self.per_rank
+                total, parts = self._step(rows[start:stop], importance[start:stop] if importance is not None else None, step_gen)
                 sums["loss"] += total.detach()
                 for name, value in parts.items():
                     sums[name] = sums.get(name, torch.zeros((), device=device)) + value
@@ -613,7 +636,7 @@ class _Loop:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-        epoch_samples = self.steps_per_epoch * self.per_rank * dist.world if dist.enabled else len(samples)
+        epoch_samples = self.steps_per_epoch * self.per_rank * dist.world if dist.enabled else len(self.sampler)
         self.trained_samples += epoch_samples
         self.train_seconds += seconds
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
@@ -623,8 +646,8 @@ class _Loop:
             raise UsageError(f"the loss became {record['loss']} in epoch {epoch + 1}", hint="lower --lr (e.g. by 10x) or enable training.grad_clip")
         return record
 
-    def _step(self, rows: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
-        """One optimiser step on the samples `rows` (batch,)."""
+    def _step(self, rows: Tensor, importance: Tensor | None, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:
+        """One optimiser step on the samples `rows` (batch,), their weights times `importance`."""
         samples, data = self.data.splits["train"], self.data
         item_row = samples.item_row.index_select(0, rows)
         user_row = samples.user_row.index_select(0, rows)
@@ -633,7 +656,10 @@ class _Loop:
         item_inputs = data.inputs("item", item_row, samples.item_stats_row.index_select(0, rows))
         if self.profiles:
             leave_one_out(self.profiles, user_inputs, item_inputs, user_row, item_row, label)
-        total, parts = self.runner(user_inputs, item_inputs, label, samples.weight.index_select(0, rows), item_row, self.item_log_q.index_select(0, item_row), generator)
+        weight = samples.weight.index_select(0, rows)
+        if importance is not None:
+            weight = weight * importance
+        total, parts = self.runner(user_inputs, item_inputs, label, weight, item_row, self.item_log_q.index_select(0, item_row), generator)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.training.grad_clip > 0:
@@ -726,12 +752,6 @@ def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, starte
 
 def _flatten(config: TrainConfig) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, body in config.to_dict().items() for key, value in body.items()}
-
-
-def _item_log_q(item_rows: Tensor, n_items: int) -> Tensor:
-    """log of each item's share of the training samples (the in-batch sampling probability)."""
-    counts = torch.bincount(item_rows.cpu(), minlength=n_items).float().clamp(min=1.0)  # (items,)
-    return torch.log(counts / max(len(item_rows), 1))
 
 
 def _run_fingerprint(config: TrainConfig, train: pl.DataFrame, valid: pl.DataFrame | None, init_from, inputs: dict[str, str] | None = None) -> str:

@@ -21,7 +21,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("index",),  # stages that others build on
     ("embed",),
     ("stats",),
-    ("checkpoint", "profiles", "validation", "warmstart"),  # parts of the training loop
+    ("batches", "checkpoint", "profiles", "validation", "warmstart"),  # parts of the training loop
     ("model",),  # the DropoutNet towers, the model directory
     ("served",),  # the served score terms
     ("features",),  # tables -> tensors

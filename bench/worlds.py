@@ -37,9 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from movielens import ensure_movielens, ensure_peer_python  # noqa: E402
 
+from coldrec.config import dump_toml  # noqa: E402
 from coldrec.evaluate import Recs, evaluate_frames  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -120,6 +122,7 @@ class World:
 
     def __init__(self, logs: Path, prep: Path) -> None:
         self.logs, self.prep = logs, prep
+        self.valid: dict[str, float] = {}  # coldrec's own validation figures, once trained
         self.users = pl.read_parquet(logs / "users.parquet")
         self.items = pl.read_parquet(logs / "items.parquet").drop("title", strict=False)
         self.frames = {p.stem: pl.read_parquet(p) for p in prep.glob("*.parquet")}
@@ -278,16 +281,36 @@ def planted(world: World) -> tuple[Scorer, float, float]:
     return scorer, 0.0, 0.0
 
 
-def coldrec_defaults(world: World, seed: int, work: Path) -> tuple[Scorer, float, float]:
+VALID_KEYS = ("recall@20", "recall@20_item_view", "recall@20_user_view")
+
+
+def coldrec_defaults(world: World, seed: int, work: Path, train_set: dict[str, Any]) -> tuple[Scorer, float, float]:
+    """coldrec's defaults (with `train_set`'s config overrides, if any). The model's own
+    validation figures (its metrics.json: Recall@20 on the valid split as served and with
+    content-only items / users, and the epochs) go to `world.valid`: what a default is chosen on."""
     users, items = work / "users.parquet", work / "items.parquet"
     world.users.write_parquet(users)
     world.items.write_parquet(items)
-    seconds, rss = coldrec("train", "--samples", world.prep, "--users", users, "--items", items, "--out", work / "model", "--seed", seed)
+    config = []
+    if train_set:
+        (work / "train.toml").write_text(dump_toml(_nested(train_set)))
+        config = ["--config", work / "train.toml"]
+    seconds, rss = coldrec("train", "--samples", world.prep, "--users", users, "--items", items, "--out", work / "model", "--seed", seed, *config)
+    metrics = json.loads((work / "model" / "metrics.json").read_text())
+    world.valid = {key: metrics[key] for key in (*VALID_KEYS, "epochs", "best_epoch") if key in metrics}
     for side, table in (("users", users), ("items", items)):
         coldrec("embed", "--model", work / "model", f"--{side}", table, "--out", work / f"{side}_emb.parquet", "--threads", 1)
     vectors = [_embedding_rows(work / f"{side}_emb.parquet", table, key) for side, table, key in
                (("users", world.users, "user_id"), ("items", world.items, "item_id"))]
     return dot_scorer(*vectors), seconds, rss
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in dotted.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
 
 
 def _embedding_rows(path: Path, table: pl.DataFrame, key: str) -> np.ndarray:
@@ -307,15 +330,15 @@ def make_world(name: str, seed: int, work: Path) -> Path:
     return work / "logs"
 
 
-def run_task(name: str, seed: int, peer: str, root: str) -> dict:
-    """One world at one seed: every method on the same split."""
+def run_task(name: str, seed: int, peer: str, root: str, train_set: dict[str, Any], chosen: list[str]) -> dict:
+    """One world at one seed: every method (of `chosen`) on the same split."""
     work = Path(root) / f"{name.replace(' ', '_')}_s{seed}"
     work.mkdir(parents=True)
     logs = make_world(name, seed, work)
     coldrec("prepare", "--exposures", logs / "exposures", "--clicks", logs / "clicks", "--out", work / "prep", "--seed", seed, *SPLIT)
     world = World(logs, work / "prep")
     methods = {
-        "coldrec": lambda: coldrec_defaults(world, seed, work),
+        "coldrec": lambda: coldrec_defaults(world, seed, work, train_set),
         "LightFM hybrid": lambda: lightfm(world, Path(peer), seed, work),
         "popularity": lambda: popularity(world),
     }
@@ -323,9 +346,13 @@ def run_task(name: str, seed: int, peer: str, root: str) -> dict:
         methods["planted truth"] = lambda: planted(world)
     runs = {}
     for method, fit in methods.items():
+        if method not in chosen:
+            continue
         scorer, seconds, rss = fit()
         metrics = {scenario: rank(world, scenario, scorer) for scenario in SCENARIOS}
         runs[method] = {"metrics": metrics, "train_s": seconds, "rss_mb": rss}
+        if method == "coldrec":
+            runs[method]["valid"] = world.valid
     shutil.rmtree(work, ignore_errors=True)
     return {"world": name, "seed": seed, "facts": world.facts(), "runs": runs}
 
@@ -346,6 +373,8 @@ def means(tasks: list[dict]) -> dict:
             for scenario, metrics in run["metrics"].items():
                 for metric, value in metrics.items():
                     cell["values"].setdefault(f"{scenario} {metric}", []).append(value)
+            for key, value in run.get("valid", {}).items():
+                cell["values"].setdefault(f"valid {key}", []).append(value)
             cell["values"].setdefault("train_s", []).append(run["train_s"])
             cell["values"].setdefault("rss_mb", []).append(run["rss_mb"])
     for methods in out.values():
@@ -360,9 +389,25 @@ def ratio_table(summary: dict) -> str:
     header = ["world"] + [f"{s} {m}" for s in SCENARIOS for m in ("R@20", "N@20")] + ["train time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for world, methods in summary.items():
+        if "LightFM hybrid" not in methods or "coldrec" not in methods:
+            continue
         ours, peer = methods["coldrec"], methods["LightFM hybrid"]
         cells = [f"×{ours[f'{s} {m}'] / peer[f'{s} {m}']:.2f}" if peer[f"{s} {m}"] else "–" for s in SCENARIOS for m in METRICS]
         lines.append(f"| {world} | " + " | ".join(cells) + f" | ×{ours['train_s'] / peer['train_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def valid_table(summary: dict) -> str:
+    """coldrec's own validation figures: what a default is chosen on (never the test files)."""
+    header = ["world", "valid R@20", "valid R@20 content-only items", "valid R@20 content-only users", "epochs (best)", "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for world, methods in summary.items():
+        cell = methods.get("coldrec", {})
+        if f"valid {VALID_KEYS[0]}" not in cell:
+            continue
+        values = [f"{cell.get(f'valid {key}', float('nan')):.4f}" for key in VALID_KEYS]
+        epochs = f"{cell.get('valid epochs', float('nan')):.1f} ({cell.get('valid best_epoch', float('nan')):.1f})"
+        lines.append(f"| {world} | " + " | ".join(values) + f" | {epochs} | {cell['train_s']:.1f} |")
     return "\n".join(lines)
 
 
@@ -392,7 +437,12 @@ def report(tasks: list[dict], args, started: float) -> None:
     text = "\n".join([
         f"Worlds benchmark, {time.strftime('%Y-%m-%d')}, commit {commit}; {args.seeds} seed(s) "
         f"(L: 1), means over seeds; {args.jobs} task(s) at a time, one thread per method; "
-        f"whole run {(time.perf_counter() - started) / 60:.1f} min.",
+        f"whole run {(time.perf_counter() - started) / 60:.1f} min."
+        + (f" coldrec with {', '.join(f'{k} = {v}' for k, v in args.train_set_parsed.items())}." if args.train_set_parsed else ""),
+        "",
+        "coldrec's validation figures (the valid split of train's time range; what defaults are chosen on):",
+        "",
+        valid_table(summary),
         "",
         "coldrec / LightFM hybrid (R@20, N@20 ratios; train time ratio, lower is faster):",
         "",
@@ -406,7 +456,8 @@ def report(tasks: list[dict], args, started: float) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "worlds.md").write_text(text + "\n")
-    (out / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "tasks": tasks, "means": summary}, indent=2) + "\n")
+    (out / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "coldrec_config": args.train_set_parsed,
+                                                "tasks": tasks, "means": summary}, indent=2) + "\n")
 
 
 def plot(peer: Path, out: Path) -> None:
@@ -417,12 +468,27 @@ def plot(peer: Path, out: Path) -> None:
     subprocess.run([str(peer), str(BENCH / "worlds_plot.py"), str(out / "worlds.json"), str(out / "worlds.png")], check=True)
 
 
+def _setting(item: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    """"training.negative_rate=4" -> ("training.negative_rate", 4): the value read as TOML (a
+    bare word is a string)."""
+    key, sep, value = item.partition("=")
+    if not sep or "." not in key:
+        parser.error(f"--train-set takes SECTION.KEY=VALUE, got {item!r}")
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worlds", default=",".join(DEFAULT_WORLDS), help=f"comma-separated, from: {', '.join(WORLDS)}".replace("%", "%%"))
     parser.add_argument("--large", action="store_true", help="also the L world (10M exposures, one seed)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per world (L: 1)")
     parser.add_argument("--jobs", type=int, default=1, help="(world, seed) tasks run at once; each method uses one thread")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a `coldrec train` config key for coldrec (repeatable), e.g. training.negative_rate=4")
     parser.add_argument("--out", default=str(OUT), help="directory of worlds.md, worlds.json and worlds.png (default: bench/out)")
     parser.add_argument("--peer-python", help="python of a venv with lightfm (default: bench/.venv-peers, built if missing)")
     args = parser.parse_args(argv)
@@ -430,6 +496,10 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in WORLDS]
     if unknown:
         parser.error(f"unknown world(s) {unknown}; choose from {list(WORLDS)}")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not set(methods) <= set(METHODS):
+        parser.error(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; choose from {list(METHODS)}")
+    train_set = args.train_set_parsed = dict(_setting(item, parser) for item in args.train_set)
     started = time.perf_counter()
     peer = ensure_peer_python(args.peer_python)
     if "MovieLens-100K" in names:
@@ -442,7 +512,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # spawn, not fork: a forked child inherits polars' thread pool locked (deadlock).
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_task, n, s, str(peer), root): (n, s) for n, s in tasks}
+            futures = {pool.submit(run_task, n, s, str(peer), root, train_set, methods): (n, s) for n, s in tasks}
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)
@@ -452,7 +522,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(results, args, started)
-    plot(peer, Path(args.out))
+    if {"coldrec", "LightFM hybrid"} <= set(methods):
+        plot(peer, Path(args.out))
 
 
 if __name__ == "__main__":

@@ -525,82 +525,122 @@ def add_to_index(
     new = read_embeddings(embeddings_path)
     _require_items(new)
     with io.output_lock(out, "coldrec index --add"):
-        manifest = _existing_index(out)
-        if manifest is None:
-            raise InputNotFound(
-                "no index here to add to",
-                path=out,
-                hint="build one first: coldrec index --embeddings EMB.parquet --out " + str(out),
-            )
+        manifest = _index_to_add_to(out)
         extra = manifest.get("extra", {})
-        dim, model = int(extra["dim"]), extra.get("model_fingerprint")
-        if new.dim != dim:
-            raise IncompatibleModel(
-                f"new embeddings have dim {new.dim}, the index has dim {dim}",
-                path=embeddings_path,
-                hint="embed the new items with the model the index was built from, or rebuild",
-            )
-        if model and new.model_fingerprint and model != new.model_fingerprint:
-            raise IncompatibleModel(
-                f"new embeddings come from model {new.model_fingerprint}, the index from {model}",
-                path=embeddings_path,
-                hint="embed the new items with the index's model, or rebuild with --embeddings",
-            )
-        main_ids = pl.read_parquet(out / IDS_FILE, columns=["item_id"])["item_id"]
-        if main_ids.dtype != new.ids.dtype:
-            raise WrongDtype(
-                f"item ids are {new.ids.dtype} here but {main_ids.dtype} in the index",
-                path=embeddings_path,
-                column="item_id",
-                hint="use the same id type in every file (ids are never re-typed silently)",
-            )
+        _check_addition(new, extra, out, embeddings_path)
         today = today or dt.datetime.now(dt.timezone.utc).date()
-        known = _first_seen_lookup(out)
-        first_seen = _fill_first_seen(new.ids, new.first_seen, known).fill_null(today)
-        ids, vectors, cold = new.ids, new.vectors, new.cold
-        delta_path = out / DELTA_DIR / DELTA_FILE
-        if delta_path.exists():
-            old = read_embeddings(delta_path, id_column="item_id")
-            keep = ~old.ids.is_in(new.ids.implode()).to_numpy()  # (n_old,) not replaced
-            old_first = old.first_seen if old.first_seen is not None else pl.Series([None] * len(old), dtype=pl.Date)
-            ids = pl.concat([old.ids.filter(pl.Series(keep)), ids])
-            vectors = np.concatenate([old.vectors[keep], vectors])
-            cold = np.concatenate([old.cold[keep], cold])
-            first_seen = pl.concat([old_first.filter(pl.Series(keep)).rename("first_seen"), first_seen])
+        first_seen = _fill_first_seen(new.ids, new.first_seen, _first_seen_lookup(out)).fill_null(today)
+        ids, vectors, cold, first_seen = _merge_into_delta(
+            out / DELTA_DIR / DELTA_FILE, new.ids, new.vectors, new.cold, first_seen
+        )
         added_fingerprint = io.content_fingerprint(io.parquet_files(embeddings_path)[0])
         with io.atomic_dir(out) as temp:
-            for name in (ITEMS_FILE, VECTORS_FILE, IDS_FILE):
-                _link_or_copy(out / name, temp / name)
-            (temp / DELTA_DIR).mkdir()
-            table = embeddings_table(
-                ids.rename("item_id"), vectors, cold, model_fingerprint=model, first_seen=first_seen
-            )
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, temp / DELTA_DIR / DELTA_FILE)
-            previous_adds = list(extra.get("delta", {}).get("added", []))
-            delta_info = {"count": len(ids), "added": previous_adds + [added_fingerprint]}
-            _manifest(
-                dim=dim,
-                count=int(extra["count"]),
-                trees=int(extra["trees"]),
-                model_fingerprint=model,
-                embeddings_fingerprint=extra.get("embeddings_fingerprint", ""),
-                delta=delta_info,
-                parameters=manifest.get("parameters", {}),
-                inputs={**manifest.get("inputs", {}), f"delta_{len(previous_adds)}": added_fingerprint},
-                started=started,
-            ).write(temp)
+            _write_delta(temp, out, manifest, ids, vectors, cold, first_seen, added_fingerprint, started)
     main_count = int(extra["count"])
-    if len(ids) > DELTA_REBUILD_SHARE * main_count:
-        log.warning(
-            f"{out}: the delta holds {len(ids)} items ({len(ids) / max(main_count, 1):.0%} of the main "
-            "index); rebuild with --embeddings to fold it in"
-        )
+    _warn_large_delta(out, len(ids), main_count)
     return IndexResult(
-        out=out, count=main_count, delta=len(ids), dim=dim, trees=int(extra["trees"]),
+        out=out, count=main_count, delta=len(ids), dim=int(extra["dim"]), trees=int(extra["trees"]),
         seconds=time.monotonic() - started, added=len(new),
     )
+
+
+def _index_to_add_to(out: Path) -> dict[str, Any]:
+    """The manifest of the index at `out`; InputNotFound when there is none."""
+    manifest = _existing_index(out)
+    if manifest is None:
+        raise InputNotFound(
+            "no index here to add to",
+            path=out,
+            hint="build one first: coldrec index --embeddings EMB.parquet --out " + str(out),
+        )
+    return manifest
+
+
+def _check_addition(new: Embeddings, extra: dict[str, Any], out: Path, embeddings_path: Path) -> None:
+    """Refuse new items of another dim, model or id type than the index's."""
+    dim, model = int(extra["dim"]), extra.get("model_fingerprint")
+    if new.dim != dim:
+        raise IncompatibleModel(
+            f"new embeddings have dim {new.dim}, the index has dim {dim}",
+            path=embeddings_path,
+            hint="embed the new items with the model the index was built from, or rebuild",
+        )
+    if model and new.model_fingerprint and model != new.model_fingerprint:
+        raise IncompatibleModel(
+            f"new embeddings come from model {new.model_fingerprint}, the index from {model}",
+            path=embeddings_path,
+            hint="embed the new items with the index's model, or rebuild with --embeddings",
+        )
+    main_ids = pl.read_parquet(out / IDS_FILE, columns=["item_id"])["item_id"]
+    if main_ids.dtype != new.ids.dtype:
+        raise WrongDtype(
+            f"item ids are {new.ids.dtype} here but {main_ids.dtype} in the index",
+            path=embeddings_path,
+            column="item_id",
+            hint="use the same id type in every file (ids are never re-typed silently)",
+        )
+
+
+def _merge_into_delta(
+    delta_path: Path, ids: pl.Series, vectors: np.ndarray, cold: np.ndarray, first_seen: pl.Series
+) -> tuple[pl.Series, np.ndarray, np.ndarray, pl.Series]:
+    """The existing delta's items that the new ones do not replace, then the new ones."""
+    if not delta_path.exists():
+        return ids, vectors, cold, first_seen
+    old = read_embeddings(delta_path, id_column="item_id")
+    keep = ~old.ids.is_in(ids.implode()).to_numpy()  # (n_old,) not replaced
+    old_first = old.first_seen if old.first_seen is not None else pl.Series([None] * len(old), dtype=pl.Date)
+    return (
+        pl.concat([old.ids.filter(pl.Series(keep)), ids]),
+        np.concatenate([old.vectors[keep], vectors]),
+        np.concatenate([old.cold[keep], cold]),
+        pl.concat([old_first.filter(pl.Series(keep)).rename("first_seen"), first_seen]),
+    )
+
+
+def _write_delta(
+    temp: Path,
+    out: Path,
+    manifest: dict[str, Any],
+    ids: pl.Series,
+    vectors: np.ndarray,
+    cold: np.ndarray,
+    first_seen: pl.Series,
+    added_fingerprint: str,
+    started: float,
+) -> None:
+    """The new index directory in `temp`: the main index linked from `out`, the new delta,
+    and a manifest that records this addition."""
+    import pyarrow.parquet as pq
+
+    extra = manifest.get("extra", {})
+    model = extra.get("model_fingerprint")
+    for name in (ITEMS_FILE, VECTORS_FILE, IDS_FILE):
+        _link_or_copy(out / name, temp / name)
+    (temp / DELTA_DIR).mkdir()
+    table = embeddings_table(ids.rename("item_id"), vectors, cold, model_fingerprint=model, first_seen=first_seen)
+    pq.write_table(table, temp / DELTA_DIR / DELTA_FILE)
+    previous_adds = list(extra.get("delta", {}).get("added", []))
+    delta_info = {"count": len(ids), "added": previous_adds + [added_fingerprint]}
+    _manifest(
+        dim=int(extra["dim"]),
+        count=int(extra["count"]),
+        trees=int(extra["trees"]),
+        model_fingerprint=model,
+        embeddings_fingerprint=extra.get("embeddings_fingerprint", ""),
+        delta=delta_info,
+        parameters=manifest.get("parameters", {}),
+        inputs={**manifest.get("inputs", {}), f"delta_{len(previous_adds)}": added_fingerprint},
+        started=started,
+    ).write(temp)
+
+
+def _warn_large_delta(out: Path, delta_count: int, main_count: int) -> None:
+    if delta_count > DELTA_REBUILD_SHARE * main_count:
+        log.warning(
+            f"{out}: the delta holds {delta_count} items ({delta_count / max(main_count, 1):.0%} of the main "
+            "index); rebuild with --embeddings to fold it in"
+        )
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -494,11 +494,37 @@ def run_recall(
     _check_options(k, output_format, out_text, user_id, fresh_quota, fresh_days, threads)
     parsed_shard = parse_shard(shard)
     fmt = _output_format(output_format, out_text)
-    to_stdout = out_text is None or io.is_stdout(out_text)
     threads = threads or (os.cpu_count() or 1)
 
     loaded = load_index(index)
     embeddings = _query_embeddings(queries, model, users, stats, cold)
+    _check_queries_match(embeddings, loaded, strict)
+    rows = _query_rows(embeddings, user_id, parsed_shard)
+    user_ids = embeddings.ids.gather(rows).rename("user_id")
+    vectors = embeddings.vectors[rows]  # (n, dim)
+    offsets, excluded = (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    if exclude is not None:
+        offsets, excluded = load_exclusions(exclude, user_ids, loaded)
+
+    plan = _plan(loaded, k=k, exact=exact, search_k=search_k, threads=threads, fresh_quota=fresh_quota, fresh_days=fresh_days, as_of=as_of)
+    empty = _batch_frame(user_ids.clear(), loaded, np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32))
+    sink = _Sink(out_text, fmt, stdout or sys.stdout)
+    batches = _recall_batches(plan, user_ids, vectors, offsets, excluded, batch_users)
+    shown, short = _write_recs(sink, batches, out_text, len(rows), empty)
+    return RecallResult(
+        out=shown,
+        users=len(rows),
+        rows=sink.rows,
+        k=k,
+        searcher=type(plan.main).__name__.removesuffix("Searcher").lower(),
+        short_users=short,
+        shard=str(parsed_shard) if parsed_shard else None,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _check_queries_match(embeddings: Embeddings, loaded: LoadedIndex, strict: bool) -> None:
+    """Refuse queries of another dim than the index's; warn (or refuse) on another model."""
     if embeddings.dim != loaded.dim:
         raise IncompatibleModel(
             f"query embeddings have dim {embeddings.dim}, the index has dim {loaded.dim}",
@@ -507,61 +533,62 @@ def run_recall(
         )
     _check_fingerprints(embeddings, loaded, strict)
 
+
+def _query_rows(embeddings: Embeddings, user_id: str | None, shard: Shard | None) -> np.ndarray:
+    """Rows of the query embeddings to answer: all, the one --user-id, then this shard's."""
     rows = np.arange(len(embeddings))
     if user_id is not None:
         rows = _select_user(embeddings, user_id)
-    if parsed_shard is not None:
-        rows = rows[shard_of(embeddings.ids.gather(rows), parsed_shard.count) == parsed_shard.index]
-    user_ids = embeddings.ids.gather(rows).rename("user_id")
-    vectors = embeddings.vectors[rows]  # (n, dim)
+    if shard is not None:
+        rows = rows[shard_of(embeddings.ids.gather(rows), shard.count) == shard.index]
+    return rows
 
-    offsets, excluded = (np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-    if exclude is not None:
-        offsets, excluded = load_exclusions(exclude, user_ids, loaded)
 
-    plan = _plan(loaded, k=k, exact=exact, search_k=search_k, threads=threads, fresh_quota=fresh_quota, fresh_days=fresh_days, as_of=as_of)
-    searcher_name = type(plan.main).__name__.removesuffix("Searcher").lower()
-    empty = _batch_frame(user_ids.clear(), loaded, np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32))
-    sink = _Sink(out_text, fmt, stdout or sys.stdout)
+def _recall_batches(
+    plan: RecallPlan,
+    user_ids: pl.Series,
+    vectors: np.ndarray,
+    offsets: np.ndarray,
+    excluded: np.ndarray,
+    batch_users: int,
+) -> Iterator[tuple[pl.DataFrame, int, int]]:
+    """Per batch of users: (its recs, its number of users, how many of them got fewer than k)."""
+    total = len(user_ids)
+    for start in range(0, total, batch_users):
+        stop = min(start + batch_users, total)
+        batch_offsets = offsets[start : stop + 1] - offsets[start]
+        batch_excluded = excluded[offsets[start] : offsets[stop]]
+        positions, scores = search_batch(plan, vectors[start:stop], batch_offsets, batch_excluded)
+        short = int(((positions >= 0).sum(axis=1) < plan.k).sum())
+        yield _batch_frame(user_ids[start:stop], plan.index, positions, scores), stop - start, short
+        log.debug(f"recall: {stop}/{total} users")
+
+
+def _write_recs(
+    sink: _Sink,
+    batches: Iterator[tuple[pl.DataFrame, int, int]],
+    out_text: str | None,
+    total: int,
+    empty: pl.DataFrame,
+) -> tuple[str, int]:
+    """Write every batch to stdout, or atomically to `out_text`. Returns (where, short users)."""
     short = 0
-
-    def batches() -> Iterator[tuple[pl.DataFrame, int]]:
-        nonlocal short
-        for start in range(0, len(rows), batch_users):
-            stop = min(start + batch_users, len(rows))
-            batch_offsets = offsets[start : stop + 1] - offsets[start]
-            batch_excluded = excluded[offsets[start] : offsets[stop]]
-            positions, scores = search_batch(plan, vectors[start:stop], batch_offsets, batch_excluded)
-            short += int(((positions >= 0).sum(axis=1) < k).sum())
-            yield _batch_frame(user_ids[start:stop], loaded, positions, scores), stop - start
-            log.debug(f"recall: {stop}/{len(rows)} users")
-
-    if to_stdout:
+    if out_text is None or io.is_stdout(out_text):
         sink.open(None)
-        for frame, _ in batches():
+        for frame, _, batch_short in batches:
+            short += batch_short
             sink.write(frame)
         sink.close(empty)
-        shown = "stdout"
-    else:
-        assert out_text is not None
-        with io.output_lock(out_text, "coldrec recall"), io.atomic_file(out_text) as temp:
-            sink.open(temp)
-            with log.progress("recall", len(rows)) as bar:
-                for frame, done in batches():
-                    sink.write(frame)
-                    bar.advance(done)
-            sink.close(empty)
-        shown = out_text
-    return RecallResult(
-        out=shown,
-        users=len(rows),
-        rows=sink.rows,
-        k=k,
-        searcher=searcher_name,
-        short_users=short,
-        shard=str(parsed_shard) if parsed_shard else None,
-        seconds=time.monotonic() - started,
-    )
+        return "stdout", short
+    with io.output_lock(out_text, "coldrec recall"), io.atomic_file(out_text) as temp:
+        sink.open(temp)
+        with log.progress("recall", total) as bar:
+            for frame, done, batch_short in batches:
+                short += batch_short
+                sink.write(frame)
+                bar.advance(done)
+        sink.close(empty)
+    return out_text, short
 
 
 def _check_fingerprints(embeddings: Embeddings, loaded: LoadedIndex, strict: bool) -> None:

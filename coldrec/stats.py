@@ -329,6 +329,24 @@ def entity_stats(
     entity = side.id_column
     share_counts = [share_column(spec.column, value) for spec in specs for value in spec.buckets()]
     counts = ["exposures", "clicks", _NEW_OTHERS, *share_counts]
+    rows = _rows_with_serving(daily, entity, counts, count_dtype, as_of)
+    frame = _running_sums(rows, prior, entity, counts, windows)
+    stats = _stat_expressions(side, windows, share_counts, prior_strength)
+    expected = list(stat_columns(side, windows, specs))
+    assert list(stats) == expected, (list(stats), expected)
+    return frame.select(
+        entity,
+        "day",
+        _SERVING,
+        *[expr.cast(pl.Float32).fill_null(0.0).alias(name) for name, expr in stats.items()],
+    )
+
+
+def _rows_with_serving(
+    daily: pl.LazyFrame, entity: str, counts: Sequence[str], count_dtype: pl.DataType, as_of: dt.date | None
+) -> pl.LazyFrame:
+    """The observed (entity, day) rows plus one all-zero serving row per entity at `as_of`
+    (default: the day after the last day in `daily`); `__serving` tells them apart."""
     serving_rows = (
         daily.select(entity)
         .unique()
@@ -342,15 +360,24 @@ def entity_stats(
         .with_columns(pl.lit(True).alias(_SERVING))
     )
     observed = daily.select(entity, "day", pl.col(counts).cast(count_dtype)).with_columns(pl.lit(False).alias(_SERVING))
+    return pl.concat([observed, serving_rows])
+
+
+def _above(column: str) -> pl.Expr:
+    """The running sum of `column` over all rows above (see `_running_sums`)."""
+    return pl.col(f"__above_{column}")
+
+
+def _running_sums(
+    rows: pl.LazyFrame, prior: pl.LazyFrame, entity: str, counts: Sequence[str], windows: Sequence[int]
+) -> pl.LazyFrame:
+    """Rows sorted by (entity, day) with the CTR prior, __first_day, __prev_day, and per
+    count `__before_{count}` (all history before the day) and `__window{w}_{count}` for
+    exposures and clicks; each entity's first active day is dropped (it is cold)."""
     is_first = pl.col("__is_first")
     key = pl.col("__key")
-
-    def before(column: str) -> pl.Expr:
-        return pl.col(f"__above_{column}")
-
-    frame = (
-        pl.concat([observed, serving_rows])
-        .join(prior, on="day", how="left")
+    return (
+        rows.join(prior, on="day", how="left")
         .sort(entity, "day")
         .with_columns((pl.col(entity) != pl.col(entity).shift(1)).fill_null(True).alias("__is_first"))
         .with_columns(
@@ -365,11 +392,11 @@ def entity_stats(
         )
         .with_columns(
             *[
-                (before(column) - pl.when(is_first).then(before(column)).forward_fill()).alias(f"__before_{column}")
+                (_above(column) - pl.when(is_first).then(_above(column)).forward_fill()).alias(f"__before_{column}")
                 for column in counts
             ],
             *[
-                (before(column) - before(column).gather(key.search_sorted(key - window - 1, side="right"))).alias(
+                (_above(column) - _above(column).gather(key.search_sorted(key - window - 1, side="right"))).alias(
                     f"__window{window}_{column}"
                 )
                 for window in windows
@@ -378,6 +405,12 @@ def entity_stats(
         )
         .filter(pl.col(_PREV_DAY).is_not_null())  # the first active day is cold: no row
     )
+
+
+def _stat_expressions(
+    side: Side, windows: Sequence[int], share_counts: Sequence[str], prior_strength: float
+) -> dict[str, pl.Expr]:
+    """Stat name -> expression over the `_running_sums` columns, in `stat_columns` order."""
     strength = float(prior_strength)
     prior_ctr = pl.col(_PRIOR).fill_null(0.0)
 
@@ -398,14 +431,7 @@ def entity_stats(
     before_clicks = pl.col("__before_clicks")
     for column in share_counts:
         stats[column] = pl.when(before_clicks > 0).then(pl.col(f"__before_{column}") / before_clicks).otherwise(0.0)
-    expected = list(stat_columns(side, windows, specs))
-    assert list(stats) == expected, (list(stats), expected)
-    return frame.select(
-        entity,
-        "day",
-        _SERVING,
-        *[expr.cast(pl.Float32).fill_null(0.0).alias(name) for name, expr in stats.items()],
-    )
+    return stats
 
 
 @dataclass
@@ -819,14 +845,7 @@ def run_stats(
     started = time.perf_counter()
     samples_dir, users_path, items_path, out_dir = map(Path, (samples_dir, users_path, items_path, out_dir))
     windows = parse_windows(windows)
-    if not (math.isfinite(prior_strength) and prior_strength > 0):
-        raise UsageError(f"prior strength {prior_strength} must be a positive number", hint="pass e.g. 10")
-    if max_category_values < 1:
-        raise UsageError(f"max category values {max_category_values} must be >= 1", hint="pass e.g. 20")
-    if rows_per_partition < 1:
-        raise UsageError(f"rows per partition {rows_per_partition} must be >= 1", hint="pass e.g. 1000000")
-    if out_dir.resolve() == samples_dir.resolve():
-        raise UsageError("--out is the --samples directory", path=out_dir, hint="write the stats to another directory")
+    _check_run_options(samples_dir, out_dir, prior_strength, max_category_values, rows_per_partition)
     inputs = load_inputs(
         samples_dir,
         users_path,
@@ -850,57 +869,20 @@ def run_stats(
             prior_strength=prior_strength,
             rows_per_partition=rows_per_partition,
         )
-        unknown = {
-            "users_not_in_content": _missing_from_content(temp / USER_LATEST_FILE, inputs.users, "user_id"),
-            "items_not_in_content": _missing_from_content(temp / ITEM_LATEST_FILE, inputs.items, "item_id"),
-        }
-        for noun, latest_file, path in (("user", USER_LATEST_FILE, users_path), ("item", ITEM_LATEST_FILE, items_path)):
-            missing = unknown[f"{noun}s_not_in_content"]
-            if missing:
-                log.warning(
-                    f"{missing:,} of {written.row_counts[latest_file]:,} {noun} ids in the samples are not in "
-                    f"{path}; their category clicks count as '{OTHER_VALUE}'"
-                )
-        as_of, ctr_prior, first_day = written.as_of, written.ctr_prior, written.first_day
+        unknown = _ids_not_in_content(temp, inputs, written, users_path, items_path)
         wall = time.perf_counter() - started
-        Manifest(
-            command="stats",
-            parameters={
-                "windows": list(windows),
-                "prior_strength": prior_strength,
-                "max_category_values": max_category_values,
-                "user_category_columns": [spec.column for spec in inputs.item_specs],
-                "item_category_columns": [spec.column for spec in inputs.user_specs],
-            },
-            inputs={
-                **{f"samples/{path.name}": fingerprint(path) for path in inputs.history_files},
-                "users": fingerprint(users_path),
-                "items": fingerprint(items_path),
-            },
-            row_counts={"samples_read": inputs.samples_read, **written.row_counts, **unknown},
-            extra={
-                "history_files": [path.name for path in inputs.history_files],
-                "first_day": first_day.isoformat(),
-                "as_of": as_of.isoformat(),
-                "ctr_prior": ctr_prior,
-                "ctr_prior_definition": (
-                    "global CTR (positives / samples) of the whole history, used by the latest "
-                    "tables; a row for day d uses the global CTR of the samples before d"
-                ),
-                "prior_strength": prior_strength,
-                "user_columns": user_columns,
-                "item_columns": item_columns,
-                "user_category_values": {spec.column: list(spec.values) for spec in inputs.user_specs},
-                "item_category_values": {spec.column: list(spec.values) for spec in inputs.item_specs},
-                "partitions": written.partitions,
-                "keys": {
-                    USER_STATS_FILE: ["user_id", "day"],
-                    ITEM_STATS_FILE: ["item_id", "day"],
-                    USER_LATEST_FILE: ["user_id", "as_of"],
-                    ITEM_LATEST_FILE: ["item_id", "as_of"],
-                },
-            },
-            wall_time_s=round(wall, 3),
+        _stats_manifest(
+            inputs,
+            written,
+            unknown,
+            windows=windows,
+            prior_strength=prior_strength,
+            max_category_values=max_category_values,
+            users_path=users_path,
+            items_path=items_path,
+            user_columns=user_columns,
+            item_columns=item_columns,
+            wall=wall,
         ).write(temp)
     return StatsResult(
         out_dir=out_dir,
@@ -911,7 +893,105 @@ def run_stats(
         items_latest=written.row_counts[ITEM_LATEST_FILE],
         user_stat_columns=len(user_columns),
         item_stat_columns=len(item_columns),
-        as_of=as_of,
-        ctr_prior=ctr_prior,
+        as_of=written.as_of,
+        ctr_prior=written.ctr_prior,
         wall_time_s=time.perf_counter() - started,
     )
+
+
+def _check_run_options(
+    samples_dir: Path, out_dir: Path, prior_strength: float, max_category_values: int, rows_per_partition: int
+) -> None:
+    if not (math.isfinite(prior_strength) and prior_strength > 0):
+        raise UsageError(f"prior strength {prior_strength} must be a positive number", hint="pass e.g. 10")
+    if max_category_values < 1:
+        raise UsageError(f"max category values {max_category_values} must be >= 1", hint="pass e.g. 20")
+    if rows_per_partition < 1:
+        raise UsageError(f"rows per partition {rows_per_partition} must be >= 1", hint="pass e.g. 1000000")
+    if out_dir.resolve() == samples_dir.resolve():
+        raise UsageError("--out is the --samples directory", path=out_dir, hint="write the stats to another directory")
+
+
+def _ids_not_in_content(
+    directory: Path, inputs: StatsInputs, written: WrittenStats, users_path: Path, items_path: Path
+) -> dict[str, int]:
+    """How many user / item ids of the samples each content table lacks (warned about)."""
+    unknown = {
+        "users_not_in_content": _missing_from_content(directory / USER_LATEST_FILE, inputs.users, "user_id"),
+        "items_not_in_content": _missing_from_content(directory / ITEM_LATEST_FILE, inputs.items, "item_id"),
+    }
+    for noun, latest_file, path in (("user", USER_LATEST_FILE, users_path), ("item", ITEM_LATEST_FILE, items_path)):
+        missing = unknown[f"{noun}s_not_in_content"]
+        if missing:
+            log.warning(
+                f"{missing:,} of {written.row_counts[latest_file]:,} {noun} ids in the samples are not in "
+                f"{path}; their category clicks count as '{OTHER_VALUE}'"
+            )
+    return unknown
+
+
+def _stats_manifest(
+    inputs: StatsInputs,
+    written: WrittenStats,
+    unknown: dict[str, int],
+    *,
+    windows: Sequence[int],
+    prior_strength: float,
+    max_category_values: int,
+    users_path: Path,
+    items_path: Path,
+    user_columns: dict[str, str],
+    item_columns: dict[str, str],
+    wall: float,
+) -> Manifest:
+    """The stats manifest: options, input fingerprints, row counts and `_manifest_extra`."""
+    return Manifest(
+        command="stats",
+        parameters={
+            "windows": list(windows),
+            "prior_strength": prior_strength,
+            "max_category_values": max_category_values,
+            "user_category_columns": [spec.column for spec in inputs.item_specs],
+            "item_category_columns": [spec.column for spec in inputs.user_specs],
+        },
+        inputs={
+            **{f"samples/{path.name}": fingerprint(path) for path in inputs.history_files},
+            "users": fingerprint(users_path),
+            "items": fingerprint(items_path),
+        },
+        row_counts={"samples_read": inputs.samples_read, **written.row_counts, **unknown},
+        extra=_manifest_extra(inputs, written, prior_strength, user_columns, item_columns),
+        wall_time_s=round(wall, 3),
+    )
+
+
+def _manifest_extra(
+    inputs: StatsInputs,
+    written: WrittenStats,
+    prior_strength: float,
+    user_columns: dict[str, str],
+    item_columns: dict[str, str],
+) -> dict[str, Any]:
+    """The manifest's `extra`: serving-day facts, column definitions, category values, keys."""
+    return {
+        "history_files": [path.name for path in inputs.history_files],
+        "first_day": written.first_day.isoformat(),
+        "as_of": written.as_of.isoformat(),
+        "ctr_prior": written.ctr_prior,
+        "ctr_prior_definition": (
+            "global CTR (positives / samples) of the whole history, used by the latest "
+            "tables; a row for day d uses the global CTR of the samples before d"
+        ),
+        "prior_strength": prior_strength,
+        "user_columns": user_columns,
+        "item_columns": item_columns,
+        "user_category_values": {spec.column: list(spec.values) for spec in inputs.user_specs},
+        "item_category_values": {spec.column: list(spec.values) for spec in inputs.item_specs},
+        "partitions": written.partitions,
+        "keys": {
+            USER_STATS_FILE: ["user_id", "day"],
+            ITEM_STATS_FILE: ["item_id", "day"],
+            USER_LATEST_FILE: ["user_id", "as_of"],
+            ITEM_LATEST_FILE: ["item_id", "as_of"],
+        },
+    }

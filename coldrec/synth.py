@@ -157,101 +157,166 @@ def _item_id(index: np.ndarray) -> np.ndarray:
     return (np.asarray(index, dtype=np.int64) + 1) * 10 + 3  # not 0..n-1 on purpose
 
 
-def build_world(config: SynthConfig) -> World:
-    rng = np.random.default_rng(config.seed)
-    k = LATENT_DIM
-    n_users = config.users + config.users_per_day * (config.days - 1)
-    n_items = config.items + config.items_per_day * (config.days - 1)
+@dataclass
+class _Topics:
+    """The topic vector of every categorical value (rows follow the value lists above)."""
 
+    category: np.ndarray  # (len(CATEGORIES), K)
+    tag: np.ndarray  # (len(TAGS), K)
+    age: np.ndarray  # (len(AGE_GROUPS), K)
+    country: np.ndarray  # (len(COUNTRIES), K)
+    interest: np.ndarray  # (len(INTERESTS), K)
+
+
+@dataclass
+class _ItemDraws:
+    category: np.ndarray  # (n_items,) index into CATEGORIES
+    tags: np.ndarray  # (n_items, len(TAGS)) mask
+    content_topic: np.ndarray  # (n_items, K) what content explains
+    latent: np.ndarray  # (n_items, K) unit, what content cannot explain
+    content_vector: np.ndarray  # (n_items, CONTENT_VECTOR_DIM)
+    price: np.ndarray  # (n_items,)
+    popularity: np.ndarray  # (n_items,)
+
+
+@dataclass
+class _UserDraws:
+    age_group: np.ndarray  # (n_users,) index into AGE_GROUPS
+    country: np.ndarray  # (n_users,) index into COUNTRIES
+    interests: np.ndarray  # (n_users, len(INTERESTS)) mask
+    content_taste: np.ndarray  # (n_users, K) what content explains
+    latent: np.ndarray  # (n_users, K) unit, what content cannot explain
+    activity: np.ndarray  # (n_users,) relative activity
+    age: np.ndarray  # (n_users,) float, NaN when unknown
+
+
+def _draw_topics(rng: np.random.Generator) -> _Topics:
+    k = LATENT_DIM
     category_topic = rng.normal(size=(len(CATEGORIES), k))
     tag_topic = 0.5 * rng.normal(size=(len(TAGS), k))
     age_topic = 0.7 * rng.normal(size=(len(AGE_GROUPS), k))
     country_topic = 0.3 * rng.normal(size=(len(COUNTRIES), k))
     # An interest in a category points at that category's topic.
     interest_topic = category_topic + 0.3 * rng.normal(size=category_topic.shape)
+    return _Topics(category_topic, tag_topic, age_topic, country_topic, interest_topic)
 
-    # Items: category + tags -> content topic, plus a latent part.
-    item_category = rng.integers(0, len(CATEGORIES), size=n_items)
-    item_tags = _pick_several(rng, n_items, len(TAGS), 1, 3)  # (n_items, tags) mask
-    content_topic = category_topic[item_category] + _mean_of_selected(item_tags, tag_topic)  # (n_items, K)
-    item_latent = _unit(rng.normal(size=(n_items, k)))  # what content cannot explain
+
+def _draw_items(rng: np.random.Generator, n_items: int, topics: _Topics) -> _ItemDraws:
+    """Items: category + tags -> content topic, plus a latent part."""
+    k = LATENT_DIM
+    category = rng.integers(0, len(CATEGORIES), size=n_items)
+    tags = _pick_several(rng, n_items, len(TAGS), 1, 3)  # (n_items, tags) mask
+    content_topic = topics.category[category] + _mean_of_selected(tags, topics.tag)  # (n_items, K)
+    latent = _unit(rng.normal(size=(n_items, k)))  # what content cannot explain
     projection = rng.normal(size=(k, CONTENT_VECTOR_DIM)) / np.sqrt(k)
     content_vector = (_unit(content_topic) @ projection + 0.3 * rng.normal(size=(n_items, CONTENT_VECTOR_DIM)))
     price = np.round(np.exp(rng.normal(3.0, 0.8, size=n_items) + 0.3 * content_topic[:, 0]), 2)
-    item_popularity = np.exp(rng.normal(0.0, 1.2, size=n_items))  # heavy-tailed
+    popularity = np.exp(rng.normal(0.0, 1.2, size=n_items))  # heavy-tailed
+    return _ItemDraws(category, tags, content_topic, latent, content_vector, price, popularity)
 
-    # Users: age group, country, interests -> content taste, plus a latent part.
-    user_age_group = rng.integers(0, len(AGE_GROUPS), size=n_users)
-    user_country = rng.integers(0, len(COUNTRIES), size=n_users)
-    user_interests = _pick_several(rng, n_users, len(INTERESTS), 1, 3)
-    content_taste = _mean_of_selected(user_interests, interest_topic) + age_topic[user_age_group] + country_topic[user_country]
-    user_latent = _unit(rng.normal(size=(n_users, k)))
-    user_activity = np.exp(rng.normal(0.0, 0.8, size=n_users))
-    low = np.array([AGE_RANGES[g][0] for g in user_age_group])
-    high = np.array([AGE_RANGES[g][1] for g in user_age_group])
+
+def _draw_users(rng: np.random.Generator, n_users: int, topics: _Topics) -> _UserDraws:
+    """Users: age group, country, interests -> content taste, plus a latent part."""
+    age_group = rng.integers(0, len(AGE_GROUPS), size=n_users)
+    country = rng.integers(0, len(COUNTRIES), size=n_users)
+    interests = _pick_several(rng, n_users, len(INTERESTS), 1, 3)
+    content_taste = _mean_of_selected(interests, topics.interest) + topics.age[age_group] + topics.country[country]
+    latent = _unit(rng.normal(size=(n_users, LATENT_DIM)))
+    activity = np.exp(rng.normal(0.0, 0.8, size=n_users))
+    low = np.array([AGE_RANGES[g][0] for g in age_group])
+    high = np.array([AGE_RANGES[g][1] for g in age_group])
     age = rng.integers(low, high + 1).astype(np.float64)
     age[rng.random(n_users) < 0.02] = np.nan
+    return _UserDraws(age_group, country, interests, content_taste, latent, activity, age)
 
-    user_first_day = np.concatenate(
-        [np.zeros(config.users, dtype=np.int64), 1 + np.arange(n_users - config.users) // config.users_per_day]
-    )
-    item_first_day = np.concatenate(
-        [np.zeros(config.items, dtype=np.int64), 1 + np.arange(n_items - config.items) // config.items_per_day]
-    )
-    user_ids = pl.select(_user_id(np.arange(n_users))).to_series().to_numpy()
-    item_ids = _item_id(np.arange(n_items))
 
-    if config.interactions:
-        content_taste, content_topic = _crossed_content(
-            np.random.default_rng([config.seed, 1]), user_age_group, user_country, user_interests,
-            item_category, item_tags, price,
-        )
-    user_taste = _unit(content_taste) + config.latent_strength * user_latent
-    item_topic = _unit(content_topic) + config.latent_strength * item_latent
+def _first_days(initial: int, total: int, per_day: int) -> np.ndarray:
+    """(total,) arrival day: the first `initial` on day 0, then `per_day` more each day."""
+    return np.concatenate([np.zeros(initial, dtype=np.int64), 1 + np.arange(total - initial) // per_day])
 
+
+def _click_scale(
+    rng: np.random.Generator,
+    config: SynthConfig,
+    user_taste: np.ndarray,
+    user_activity: np.ndarray,
+    item_topic: np.ndarray,
+    item_popularity: np.ndarray,
+) -> tuple[float, float]:
+    """(alpha, beta) of the click logit, from random pairs (and shown pairs for --click-rate)."""
     # Scale affinity so the logit spans a useful range; base CTR around 5-10% of random pairs.
-    sample_users = rng.integers(0, n_users, 20000)
-    sample_items = rng.integers(0, n_items, 20000)
+    sample_users = rng.integers(0, len(user_taste), 20000)
+    sample_items = rng.integers(0, len(item_topic), 20000)
     raw = np.einsum("nk,nk->n", user_taste[sample_users], item_topic[sample_items])
     alpha = float(1.6 / raw.std())
     beta = float(-3.0 - alpha * raw.mean())
     if config.click_rate is not None:
         shown = _shown_affinity(np.random.default_rng([config.seed, 2]), user_taste, user_activity, item_topic, item_popularity)
         beta = _beta_for_rate(alpha * shown, config.click_rate)
+    return alpha, beta
 
-    users = pl.DataFrame(
+
+def _users_frame(user_ids: np.ndarray, drawn: _UserDraws) -> pl.DataFrame:
+    return pl.DataFrame(
         {
             "user_id": user_ids,
-            "age_group": np.array(AGE_GROUPS)[user_age_group],
-            "country": np.array(COUNTRIES)[user_country],
-            "interests": _mask_to_lists(user_interests, INTERESTS),
-            "age": age,
+            "age_group": np.array(AGE_GROUPS)[drawn.age_group],
+            "country": np.array(COUNTRIES)[drawn.country],
+            "interests": _mask_to_lists(drawn.interests, INTERESTS),
+            "age": drawn.age,
         },
         schema={"user_id": pl.String, "age_group": pl.String, "country": pl.String,
                 "interests": pl.List(pl.String), "age": pl.Float64},
     ).with_columns(pl.col("age").fill_nan(None))
-    items = pl.DataFrame(
+
+
+def _items_frame(item_ids: np.ndarray, drawn: _ItemDraws) -> pl.DataFrame:
+    return pl.DataFrame(
         {
             "item_id": item_ids,
-            "category": np.array(CATEGORIES)[item_category],
-            "tags": _mask_to_lists(item_tags, TAGS),
-            "price": price,
-            "content_vector": content_vector.astype(np.float32),
+            "category": np.array(CATEGORIES)[drawn.category],
+            "tags": _mask_to_lists(drawn.tags, TAGS),
+            "price": drawn.price,
+            "content_vector": drawn.content_vector.astype(np.float32),
         },
         schema={"item_id": pl.Int64, "category": pl.String, "tags": pl.List(pl.String),
                 "price": pl.Float64, "content_vector": pl.Array(pl.Float32, CONTENT_VECTOR_DIM)},
     )
+
+
+def build_world(config: SynthConfig) -> World:
+    # Every draw of `rng` happens in a fixed order (topics, items, users, click scale):
+    # reordering any of them changes every world generated from a seed.
+    rng = np.random.default_rng(config.seed)
+    n_users = config.users + config.users_per_day * (config.days - 1)
+    n_items = config.items + config.items_per_day * (config.days - 1)
+    topics = _draw_topics(rng)
+    drawn_items = _draw_items(rng, n_items, topics)
+    drawn_users = _draw_users(rng, n_users, topics)
+    user_ids = pl.select(_user_id(np.arange(n_users))).to_series().to_numpy()
+    item_ids = _item_id(np.arange(n_items))
+
+    content_taste, content_topic = drawn_users.content_taste, drawn_items.content_topic
+    if config.interactions:
+        content_taste, content_topic = _crossed_content(
+            np.random.default_rng([config.seed, 1]),
+            drawn_users.age_group, drawn_users.country, drawn_users.interests,
+            drawn_items.category, drawn_items.tags, drawn_items.price,
+        )
+    user_taste = _unit(content_taste) + config.latent_strength * drawn_users.latent
+    item_topic = _unit(content_topic) + config.latent_strength * drawn_items.latent
+    alpha, beta = _click_scale(rng, config, user_taste, drawn_users.activity, item_topic, drawn_items.popularity)
     return World(
         user_ids=user_ids,
-        user_first_day=user_first_day,
+        user_first_day=_first_days(config.users, n_users, config.users_per_day),
         user_taste=user_taste.astype(np.float32),
-        user_activity=user_activity,
+        user_activity=drawn_users.activity,
         item_ids=item_ids,
-        item_first_day=item_first_day,
+        item_first_day=_first_days(config.items, n_items, config.items_per_day),
         item_topic=item_topic.astype(np.float32),
-        item_popularity=item_popularity,
-        users=users,
-        items=items,
+        item_popularity=drawn_items.popularity,
+        users=_users_frame(user_ids, drawn_users),
+        items=_items_frame(item_ids, drawn_items),
         alpha=alpha,
         beta=beta,
     )

@@ -28,13 +28,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from coldrec import log
 from coldrec.errors import BadValues, DuplicateIds, EmptyInput, InputNotFound, MissingColumn, UsageError
 from coldrec.io import Manifest, atomic_dir, input_fingerprints, output_lock, write_parquet_atomic
+from coldrec.result import StageResult
 
 GROUPLENS_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -58,7 +58,7 @@ class MovielensFiles:
 
 
 @dataclass
-class DatasetResult:
+class DatasetResult(StageResult):
     dataset: str
     layout: str
     out: str
@@ -74,17 +74,6 @@ class DatasetResult:
             f"{self.dataset} ({self.layout} files): {self.users:,} users, {self.items:,} items, "
             f"{self.exposures:,} exposures, {self.clicks:,} clicks, {self.first_day} .. {self.last_day} -> {self.out}"
         )
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "layout": self.layout,
-            "out": self.out,
-            "users": self.users,
-            "items": self.items,
-            "exposures": self.exposures,
-            "clicks": self.clicks,
-        }
 
 
 # --------------------------------------------------------------------------- detection

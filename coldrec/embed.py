@@ -33,6 +33,7 @@ from coldrec.errors import (
     UsageError,
     WrongDtype,
 )
+from coldrec.result import StageResult
 
 FINGERPRINT_KEY = b"coldrec.model_fingerprint"
 DIM_KEY = b"coldrec.dim"
@@ -419,7 +420,7 @@ def _embed_chunks(
 
 
 @dataclass
-class EmbedResult:
+class EmbedResult(StageResult):
     out: Path
     side: str
     rows: int
@@ -433,16 +434,6 @@ class EmbedResult:
             f"embed: {self.rows:,} {self.side}s ({self.cold_rows:,} cold), dim {self.dim} -> {self.out} "
             f"in {self.seconds:.1f}s ({rate:,.0f}/s)"
         )
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "side": self.side,
-            "rows": self.rows,
-            "cold_rows": self.cold_rows,
-            "dim": self.dim,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def run_embed(

@@ -5,6 +5,7 @@ metric on L2-normalised vectors) answer the same call,
 
     search(queries (n, dim), k) -> (indices (n, k) int64, scores (n, k) float32 cosine)
 
+
 with -1 / -inf padding where fewer than k items exist. The exact searcher is the oracle the
 tests hold Annoy to. (Annoy's `dot` metric is never used: annoy 1.17.3's dot search has a
 known recall bug; on unit vectors angular ranks identically, cos = 1 - d²/2.)
@@ -16,6 +17,7 @@ An index directory holds
     ids.parquet    row = Annoy position: item_id, cold, first_seen (Date, nullable)
     delta/items.parquet   items added since the build (`coldrec index --add`), searched exactly
     manifest.json  dim, metric, count, trees, model and embeddings fingerprints, delta size
+
 
 It is written in a temporary directory and swapped into place atomically (`io.atomic_dir`),
 so a running `recall` sees the old index or the new one, never a mixture. A full rebuild
@@ -41,6 +43,7 @@ import polars as pl
 from coldrec import io, log
 from coldrec.embed import Embeddings, embeddings_table, read_embeddings
 from coldrec.errors import IncompatibleModel, InputNotFound, UsageError, WrongDtype
+from coldrec.result import StageResult
 
 METRIC = "angular"
 FORMAT_VERSION = 1
@@ -246,7 +249,7 @@ def _chunks(total: int, threads: int) -> list[range]:
 
 
 @dataclass
-class IndexResult:
+class IndexResult(StageResult):
     out: Path
     count: int
     delta: int
@@ -267,18 +270,6 @@ class IndexResult:
             f"index: {self.count} items, dim {self.dim}, {self.trees} trees{folded} "
             f"-> {self.out} in {self.seconds:.1f}s"
         )
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "count": self.count,
-            "delta": self.delta,
-            "dim": self.dim,
-            "trees": self.trees,
-            "folded": self.folded,
-            "added": self.added,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def _require_items(embeddings: Embeddings) -> None:

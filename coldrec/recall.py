@@ -29,6 +29,7 @@ from coldrec import io, log
 from coldrec.embed import Embeddings, read_embeddings
 from coldrec.errors import IncompatibleModel, MissingColumn, UsageError
 from coldrec.index import ExactSearcher, LoadedIndex, Searcher, load_index
+from coldrec.result import StageResult
 from coldrec.schema import Column, Kind, TableContract, check_id_types_match, check_schema
 
 FORMATS = ("parquet", "jsonl", "csv")
@@ -349,7 +350,7 @@ def _batch_frame(users: pl.Series, index: LoadedIndex, positions: np.ndarray, sc
 
 
 @dataclass
-class RecallResult:
+class RecallResult(StageResult):
     out: str
     users: int
     rows: int
@@ -366,18 +367,6 @@ class RecallResult:
             f"recall: {self.users} users{shard} x top {self.k} ({self.searcher}) -> {self.rows} rows "
             f"to {self.out} in {self.seconds:.1f}s{short}"
         )
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "out": self.out,
-            "users": self.users,
-            "rows": self.rows,
-            "k": self.k,
-            "searcher": self.searcher,
-            "short_users": self.short_users,
-            "shard": self.shard,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 def _check_options(k: int, fmt: str | None, out: str | None, user_id: str | None, fresh_quota: float, fresh_days: int, threads: int | None) -> None:

@@ -42,6 +42,7 @@ from coldrec.io import (
     output_lock,
     scan_parquet,
 )
+from coldrec.result import StageResult
 from coldrec.schema import (
     SAMPLES,
     Role,
@@ -773,7 +774,9 @@ def load_inputs(
 
 
 @dataclass
-class StatsResult:
+class StatsResult(StageResult):
+    RENAMED = {"out_dir": "out"}
+
     out_dir: Path
     samples_read: int
     user_rows: int
@@ -793,21 +796,6 @@ class StatsResult:
             f"latest as of {self.as_of.isoformat()} for {self.users_latest:,} users, {self.items_latest:,} items; "
             f"CTR prior {self.ctr_prior:.4f}; {self.wall_time_s:.1f}s -> {self.out_dir}"
         )
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out_dir),
-            "samples_read": self.samples_read,
-            "user_rows": self.user_rows,
-            "item_rows": self.item_rows,
-            "users_latest": self.users_latest,
-            "items_latest": self.items_latest,
-            "user_stat_columns": self.user_stat_columns,
-            "item_stat_columns": self.item_stat_columns,
-            "as_of": self.as_of.isoformat(),
-            "ctr_prior": self.ctr_prior,
-            "wall_time_s": round(self.wall_time_s, 3),
-        }
 
 
 def _missing_from_content(latest_path: Path, content: pl.LazyFrame, id_column: str) -> int:

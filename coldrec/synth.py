@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from coldrec import io, log
 from coldrec.errors import UsageError
+from coldrec.result import StageResult
 
 LATENT_DIM = 8
 CONTENT_VECTOR_DIM = 8
@@ -85,7 +86,7 @@ class SynthConfig:
 
 
 @dataclass
-class SynthResult:
+class SynthResult(StageResult):
     out: Path
     users: int
     items: int
@@ -99,9 +100,6 @@ class SynthResult:
             f"synth: {self.exposures:,} exposures, {self.clicks:,} clicks, {self.users:,} users, "
             f"{self.items:,} items over {self.days} days -> {self.out} ({self.seconds:.1f}s)"
         )
-
-    def fields(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 # --------------------------------------------------------------------------- the world

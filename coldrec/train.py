@@ -49,6 +49,7 @@ from coldrec.features import EncodedData, FeatureSpec, encode_dataset, fit_spec,
 from coldrec.losses import RetrievalLoss, dropoutnet_mse
 from coldrec.model import LoadedModel, TwoTower, build_model, load_model, model_state, write_model_files
 from coldrec.profiles import fill_click_profiles, leave_one_out
+from coldrec.result import StageResult
 from coldrec.schema import SAMPLES, check_content_table, check_id_types_match, check_schema
 from coldrec.validation import ValidationSet, build_validation, evaluate_recall
 from coldrec.warmstart import extend_spec, transfer_weights
@@ -57,7 +58,9 @@ from coldrec.warmstart import extend_spec, transfer_weights
 
 
 @dataclass
-class TrainResult:
+class TrainResult(StageResult):
+    SKIPPED = ("metric", "metrics")
+
     out: Path
     epochs: int
     best_epoch: int
@@ -76,18 +79,8 @@ class TrainResult:
             f"{self.samples_per_s:,.0f} samples/s -> {self.out} ({self.seconds:.1f}s)"
         )
 
-    def fields(self) -> dict[str, Any]:
-        return {
-            "out": str(self.out),
-            "epochs": self.epochs,
-            "best_epoch": self.best_epoch,
-            "best_metric": self.best_metric,
-            "train_samples": self.train_samples,
-            "valid_samples": self.valid_samples,
-            "seconds": round(self.seconds, 3),
-            "samples_per_s": round(self.samples_per_s, 1),
-            **self.metrics,
-        }
+    def extra_fields(self) -> dict[str, Any]:
+        return dict(self.metrics)  # recall@K, warm, cold users, cold items, views
 
 
 # --------------------------------------------------------------------------- inputs

@@ -75,7 +75,7 @@ class Training:
         self.plain = plain  # the step before the fused optimiser: for-loop AdamW and clipping
         self.model = build_model(spec, config.model)
         self.profiles = fill_click_profiles(self.model, data, spec)  # empty unless model.*_profile
-        self.step_module = TrainStep(self.model, RetrievalLoss(config.loss.to_loss_config()), "twotower", Dist())
+        self.step_module = TrainStep(self.model, RetrievalLoss(config.loss), "twotower", Dist())
         self.parameters = [p for p in self.step_module.parameters() if p.requires_grad]
         if plain:
             self.optimizer = torch.optim.AdamW(self.parameters, lr=config.training.lr, weight_decay=config.training.weight_decay, foreach=False)

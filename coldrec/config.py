@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from coldrec.errors import ConfigError, InputNotFound
+from coldrec.losses import LossConfig
 
 ROLES = ("categorical", "multi_hot", "numeric", "vector", "text", "ignore")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
@@ -146,35 +147,6 @@ class ModelConfig:
 
 
 @dataclass
-class LossSection:
-    """Mirrors coldrec.losses.LossConfig; validated by it."""
-
-    # 0.1 since the MovieLens-100K selection (docs/benchmarks.md#how-the-defaults-were-chosen): on logs
-    # whose exposures are a liked-biased set, a full-weight pointwise loss learns "liked given
-    # shown", not retrieval (validation cold-item Recall@20 0.203 at 1.0 vs 0.28 at 0 or 0.1);
-    # a little of it keeps scores comparable across users (who to show a new item to).
-    pointwise_weight: float = 0.1
-    pairwise_weight: float = 0.0
-    softmax_weight: float = 1.0
-    softmax: str = "inbatch"  # "inbatch" (all in-batch items, log-Q) | "svsoftmax" (roll negatives)
-    log_q_correction: bool = True
-    num_negatives: int = 8
-    margin: float = 0.1
-    sv_t: float = 1.2
-    scale: float = 20.0
-
-    def validate(self) -> None:
-        if self.softmax not in ("inbatch", "svsoftmax"):
-            raise ConfigError(f"loss.softmax must be inbatch or svsoftmax, got '{self.softmax}'", hint=_suggest(self.softmax, ("inbatch", "svsoftmax")))
-        self.to_loss_config()  # LossConfig checks the combinations
-
-    def to_loss_config(self):  # -> coldrec.losses.LossConfig
-        from coldrec.losses import LossConfig
-
-        return LossConfig(**dataclasses.asdict(self))
-
-
-@dataclass
 class TrainingConfig:
     """The optimisation loop."""
 
@@ -222,13 +194,12 @@ class TrainingConfig:
 class TrainConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossSection = field(default_factory=LossSection)
+    loss: LossConfig = field(default_factory=LossConfig)  # validated when built (frozen)
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def validate(self) -> "TrainConfig":
         self.features.validate()
         self.model.validate()
-        self.loss.validate()
         self.training.validate()
         return self
 
@@ -305,7 +276,10 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             kwargs[key] = _build(hint, value, source, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:  # LossConfig checks its combinations as it is built
+        raise ConfigError(error.message, path=error.path or source, column=error.column, hint=error.hint) from None
 
 
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:

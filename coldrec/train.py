@@ -520,7 +520,7 @@ def _loss_for(config: TrainConfig, label: Tensor):
     """The [loss] config, without the pointwise and pairwise losses when the samples hold no
     exposed-not-clicked row (a click-only log, or training.negative_rate 0): those losses
     learn from shown-and-skipped rows, so the in-batch softmax trains alone."""
-    loss = config.loss.to_loss_config()
+    loss = config.loss
     has_negatives = bool((label <= 0).any()) and config.training.negative_rate > 0
     if has_negatives or (loss.pointwise_weight == 0 and loss.pairwise_weight == 0):
         return loss

@@ -18,6 +18,7 @@ import typer
 
 from coldrec import __version__, log
 from coldrec.errors import EXIT_BAD_INPUT, EXIT_UNEXPECTED, ColdrecError
+from coldrec.options import EmbedOptions, IndexOptions, PrepareOptions, RecallOptions, StatsOptions
 
 app = typer.Typer(
     name="coldrec",
@@ -161,17 +162,17 @@ def prepare(
     out: OutDir,
     attribution_window: Annotated[
         str, typer.Option(help="A click within this long after an exposure labels it: 45s, 30m, 2h, 1d.")
-    ] = "30m",
+    ] = PrepareOptions.attribution_window,
     orphan_clicks: Annotated[
         OrphanClicks, typer.Option(help="Clicks with no exposure in their window: drop them, or keep them as positives.")
-    ] = OrphanClicks.drop,
-    ts_unit: Annotated[TsUnit, typer.Option(help="Unit of integer ts columns (epoch seconds or milliseconds).")] = TsUnit.s,
+    ] = OrphanClicks(PrepareOptions.orphan_clicks),
+    ts_unit: Annotated[TsUnit, typer.Option(help="Unit of integer ts columns (epoch seconds or milliseconds).")] = TsUnit(PrepareOptions.ts_unit),
     start: Annotated[Optional[str], typer.Option(help="First day to read, YYYY-MM-DD (inclusive).")] = None,
     end: Annotated[Optional[str], typer.Option(help="Last day to read, YYYY-MM-DD (inclusive).")] = None,
-    valid_fraction: Annotated[float, typer.Option(help="The last fraction of the time range that is validation, in (0, 1).")] = 0.1,
-    holdout_items: Annotated[float, typer.Option(help="Fraction of items held out for test_cold_item, in [0, 1).")] = 0.0,
-    holdout_users: Annotated[float, typer.Option(help="Fraction of users held out for test_cold_user, in [0, 1).")] = 0.0,
-    seed: Seed = 0,
+    valid_fraction: Annotated[float, typer.Option(help="The last fraction of the time range that is validation, in (0, 1).")] = PrepareOptions.valid_fraction,
+    holdout_items: Annotated[float, typer.Option(help="Fraction of items held out for test_cold_item, in [0, 1).")] = PrepareOptions.holdout_items,
+    holdout_users: Annotated[float, typer.Option(help="Fraction of users held out for test_cold_user, in [0, 1).")] = PrepareOptions.holdout_users,
+    seed: Seed = PrepareOptions.seed,
     exposures: Annotated[
         Optional[Path],
         typer.Option(help="Parquet file or directory of the exposure log. Leave out for a click-only log: every click becomes a positive sample (coldrec train then trains the in-batch softmax alone)."),
@@ -209,7 +210,7 @@ def stats(
     users: InputPath,
     items: InputPath,
     out: OutDir,
-    windows: Annotated[str, typer.Option(help="Comma-separated window lengths in days.")] = "1,7,30",
+    windows: Annotated[str, typer.Option(help="Comma-separated window lengths in days.")] = StatsOptions.windows,
     user_category_columns: Annotated[
         Optional[str],
         typer.Option(help="Comma-separated String columns of --users for an item's audience mix (default: all; '' for none)."),
@@ -220,10 +221,10 @@ def stats(
     ] = None,
     max_category_values: Annotated[
         int, typer.Option(help="Most frequent values per category column that get a share column; the rest are __other__.")
-    ] = 20,
+    ] = StatsOptions.max_category_values,
     prior_strength: Annotated[
         float, typer.Option(help="Smoothed CTR = (clicks + a*global_ctr) / (exposures + a); this is a.")
-    ] = 10.0,
+    ] = StatsOptions.prior_strength,
 ) -> None:
     """Compute point-in-time user and item preference statistics from labelled samples.
 
@@ -329,7 +330,7 @@ def embed(
     items: Annotated[Optional[Path], typer.Option(help="Items table (item_id + the content columns the model was trained on).")] = None,
     stats: Annotated[Optional[Path], typer.Option(help="Stats directory: known ids use their latest statistics (*_stats_latest.parquet).")] = None,
     cold: Annotated[bool, typer.Option("--cold", help="Content only: zero every row's preference block (brand-new users or items).")] = False,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per forward pass.")] = EmbedOptions.batch_size,
     threads: Annotated[Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice; 1 is faster on a busy machine).")] = None,
 ) -> None:
     """Embed users or items with a trained model (content only with --cold).
@@ -349,7 +350,7 @@ def index(
     out: OutDir,
     embeddings: Annotated[Optional[Path], typer.Option(help="Item embeddings (from `coldrec embed --items`) to build from.")] = None,
     add: Annotated[Optional[Path], typer.Option("--add", help="New item embeddings to add to the delta of the existing index at --out.")] = None,
-    trees: Annotated[int, typer.Option(help="Annoy trees: more = better recall, bigger index, slower build.")] = 100,
+    trees: Annotated[int, typer.Option(help="Annoy trees: more = better recall, bigger index, slower build.")] = IndexOptions.trees,
     on_disk_build: Annotated[bool, typer.Option("--on-disk-build", help="Build the forest in the output file instead of RAM (huge catalogues).")] = False,
     fold_delta: Annotated[bool, typer.Option("--fold-delta/--discard-delta", help="On a rebuild, carry delta items missing from --embeddings into the new index.")] = True,
 ) -> None:
@@ -384,7 +385,7 @@ def recall(
     users: Annotated[Optional[Path], typer.Option(help="Users table to embed with --model.")] = None,
     stats: Annotated[Optional[Path], typer.Option(help="Stats directory for --model (latest user statistics).")] = None,
     cold: Annotated[bool, typer.Option("--cold", help="With --model: content-only embeddings (brand-new users).")] = False,
-    k: Annotated[int, typer.Option("--k", help="Items per user.")] = 100,
+    k: Annotated[int, typer.Option("--k", help="Items per user.")] = RecallOptions.k,
     exclude: Annotated[Optional[Path], typer.Option(help="Samples file or `prepare` directory: items a user clicked there (label 1) are not recalled.")] = None,
     search_k: Annotated[Optional[int], typer.Option("--search-k", help="Annoy nodes inspected per query (default: 4 x trees x fetched).")] = None,
     exact: Annotated[Optional[bool], typer.Option("--exact/--annoy", help="Force brute force or Annoy (default: exact below a catalogue size where it is faster).")] = None,
@@ -392,8 +393,8 @@ def recall(
     threads: Annotated[Optional[int], typer.Option(help="Search threads (default: all CPU cores).")] = None,
     user_id: Annotated[Optional[str], typer.Option("--user-id", help="Answer this one user (to stdout unless --out is a file).")] = None,
     output_format: Annotated[Optional[RecsFormat], typer.Option("--format", help="parquet, jsonl or csv (default: by --out suffix; jsonl on stdout).")] = None,
-    fresh_quota: Annotated[float, typer.Option("--fresh-quota", help="Share of each user's k reserved for fresh items (0..1).")] = 0.0,
-    fresh_days: Annotated[int, typer.Option("--fresh-days", help="An item is fresh for this many days from its first-seen day.")] = 7,
+    fresh_quota: Annotated[float, typer.Option("--fresh-quota", help="Share of each user's k reserved for fresh items (0..1).")] = RecallOptions.fresh_quota,
+    fresh_days: Annotated[int, typer.Option("--fresh-days", help="An item is fresh for this many days from its first-seen day.")] = RecallOptions.fresh_days,
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Today for --fresh-days, YYYY-MM-DD (default: today, UTC).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse (exit 2) when queries and index come from different models.")] = False,
 ) -> None:

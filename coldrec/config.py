@@ -16,12 +16,14 @@ subset of them.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import math
 import tomllib
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from coldrec.errors import ConfigError, InputNotFound
 from coldrec.losses import LossConfig
@@ -211,7 +213,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> "TrainConfig":
-        return _build(cls, data, source, "")
+        return build_section(cls, data, source, "")
 
 
 # --------------------------------------------------------------------------- loading
@@ -249,7 +251,7 @@ def load_config_dict(data: dict[str, Any], sections: tuple[str, ...], *, source:
     """Validate only `sections` of `data` (for commands that share some of these keys)."""
     unknown = [name for name in data if name not in sections]
     if unknown:
-        raise ConfigError(f"unknown section '{unknown[0]}'", path=source, hint=_suggest(unknown[0], sections))
+        raise ConfigError(f"unknown section '{unknown[0]}'", path=source, hint=suggest(unknown[0], sections))
     return TrainConfig.from_dict(data, source=source)
 
 
@@ -259,7 +261,9 @@ def without_removed(data: dict[str, Any]) -> dict[str, Any]:
             for section, body in data.items()}
 
 
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+def build_section(cls: type, data: Any, source: str, prefix: str) -> Any:
+    """An options dataclass from a TOML table: unknown keys (with the closest known one
+    suggested) and values of the wrong type are refused, naming `prefix` + the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"'{prefix.rstrip('.')}' must be a table", path=source, hint="use [section] headers")
     hints = get_type_hints(cls)
@@ -270,10 +274,10 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
             raise ConfigError(f"'{prefix}{key}' {REMOVED_KEYS[prefix + key]}", path=source, hint="delete the line")
         if key not in names:
             kind = "section" if not prefix else "key"
-            raise ConfigError(f"unknown {kind} '{prefix}{key}'", path=source, hint=_suggest(key, names, prefix))
+            raise ConfigError(f"unknown {kind} '{prefix}{key}'", path=source, hint=suggest(key, names, prefix))
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, source, f"{prefix}{key}.")
+            kwargs[key] = build_section(hint, value, source, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, hint, f"{prefix}{key}", source)
     try:
@@ -284,7 +288,11 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
 
 def _coerce(value: Any, hint: Any, name: str, source: str) -> Any:
     origin = get_origin(hint)
-    bad = ConfigError(f"'{name}' should be {_type_name(hint)}, got {value!r}", path=source, hint="fix the value's type")
+    if origin in (Union, types.UnionType):  # X | None: TOML has no null, so the value is an X
+        (hint,) = [arg for arg in get_args(hint) if arg is not type(None)]
+        origin = get_origin(hint)
+    fix = f'quote it: {name.rsplit(".", 1)[-1]} = "{value}"' if isinstance(value, (dt.date, dt.time)) and hint is str else "fix the value's type"
+    bad = ConfigError(f"'{name}' should be {_type_name(hint)}, got {value!r}", path=source, hint=fix)
     if hint is bool:
         if not isinstance(value, bool):
             raise bad
@@ -323,7 +331,7 @@ def _type_name(hint: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
 
 
-def _suggest(key: str, names: list[str] | tuple[str, ...], prefix: str = "") -> str:
+def suggest(key: str, names: list[str] | tuple[str, ...], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
     if close:
         return f"did you mean '{prefix}{close[0]}'?"
@@ -342,7 +350,7 @@ def _choice(obj: Any, name: str, choices: tuple[str, ...], section: str) -> None
     if value not in choices:
         raise ConfigError(
             f"{section}.{name} must be one of {', '.join(choices)}, got '{value}'",
-            hint=_suggest(str(value), choices),
+            hint=suggest(str(value), choices),
         )
 
 

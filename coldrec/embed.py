@@ -33,6 +33,7 @@ from coldrec.errors import (
     UsageError,
     WrongDtype,
 )
+from coldrec.options import EmbedOptions
 from coldrec.result import StageResult
 
 FINGERPRINT_KEY = b"coldrec.model_fingerprint"
@@ -292,7 +293,7 @@ def _vectors(column: pl.Series, path: Path) -> np.ndarray:
 EMBED_CHUNK_ROWS = 262_144
 # Rows per forward pass. bench/embed.py on 2 CPU cores: 1024 is the fastest (the MLP's
 # activations stay in cache); 8192 was ~35% slower.
-EMBED_BATCH_ROWS = 1024
+EMBED_BATCH_ROWS = EmbedOptions.batch_size
 
 
 def model_fingerprint(model: Any) -> str:

@@ -43,6 +43,7 @@ import polars as pl
 from coldrec import io, log
 from coldrec.embed import Embeddings, embeddings_table, read_embeddings
 from coldrec.errors import IncompatibleModel, InputNotFound, UsageError, WrongDtype
+from coldrec.options import IndexOptions
 from coldrec.result import StageResult
 
 METRIC = "angular"
@@ -57,7 +58,7 @@ DELTA_FILE = "items.parquet"
 # (n_trees * n) 100 trees reach recall@100 0.69 on structureless uniform vectors, 200 trees
 # 0.90. Inspecting 4x that many nodes, 100 trees reach 0.968 (uniform) and 1.000
 # (clustered) at about the query speed of 200 trees x 2, with half the build time and size.
-DEFAULT_TREES = 100
+DEFAULT_TREES = IndexOptions.trees
 DEFAULT_SEARCH_K_FACTOR = 4  # search_k = factor * n_trees * items fetched
 # Below this many items exact search (one matrix multiply + top-k) is the default: faster
 # than Annoy at the defaults above, or as fast with perfect recall. bench/recall.py, dim 64,

@@ -17,8 +17,8 @@ is complete on its own and deleting old runs never breaks a newer one.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import difflib
 import hashlib
 import json
 import os
@@ -30,56 +30,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from coldrec import io, log
+from coldrec.config import build_section, load_config_dict, suggest
 from coldrec.errors import ConfigError, InputNotFound, OutputLocked, UsageError
+from coldrec.options import STAGE_OPTIONS
 
 STAGES = ("prepare", "stats", "train", "embed", "index", "recall")
 RUN_MANIFEST = "pipeline.json"
 KEY_ENTRY = "pipeline"  # the entry of a stage's manifest.json holding its key
 
-# Options of each stage (the `coldrec <stage>` flags, underscored) and their defaults.
+# Options of each stage (the `coldrec <stage>` flags, underscored) and their defaults:
+# coldrec.options, shared with the command line.
 INPUT_KEYS = ("exposures", "clicks", "users", "items")
-OUTPUT_KEYS = {"root": None}
-PREPARE_KEYS: dict[str, Any] = {
-    "attribution_window": "30m",
-    "orphan_clicks": "drop",
-    "ts_unit": "s",
-    "start": None,
-    "end": None,
-    "valid_fraction": 0.1,
-    "holdout_items": 0.0,
-    "holdout_users": 0.0,
-    "seed": 0,
-}
-STATS_KEYS: dict[str, Any] = {
-    "windows": "1,7,30",
-    "user_category_columns": None,
-    "item_category_columns": None,
-    "max_category_values": 20,
-    "prior_strength": 10.0,
-}
-TRAIN_KEYS: dict[str, Any] = {"init_from": "", "threads": 0}  # + [train.features|model|loss|training]
-TRAIN_SECTIONS = ("features", "model", "loss", "training")
-EMBED_KEYS: dict[str, Any] = {"batch_size": 1024, "threads": None}
-INDEX_KEYS: dict[str, Any] = {"trees": 100}
-RECALL_KEYS: dict[str, Any] = {
-    "k": 100,
-    "exclude_seen": True,
-    "exact": None,
-    "search_k": None,
-    "threads": None,
-    "fresh_quota": 0.0,
-    "fresh_days": 7,
-}
-SECTIONS: dict[str, Any] = {
-    "inputs": {key: None for key in INPUT_KEYS},
-    "output": OUTPUT_KEYS,
-    "prepare": PREPARE_KEYS,
-    "stats": STATS_KEYS,
-    "train": TRAIN_KEYS,
-    "embed": EMBED_KEYS,
-    "index": INDEX_KEYS,
-    "recall": RECALL_KEYS,
-}
+TRAIN_SECTIONS = ("features", "model", "loss", "training")  # [train.<section>]: the model's config
+SECTIONS = STAGE_OPTIONS
 
 
 # --------------------------------------------------------------------------- config
@@ -109,43 +72,24 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, source: Path) -> PipelineConfig:
-        from coldrec.config import load_config_dict
-
         for section, body in data.items():
             if section not in SECTIONS:
-                raise ConfigError(f"unknown section '{section}'", path=source, hint=_suggest(section, SECTIONS))
+                raise ConfigError(f"unknown section '{section}'", path=source, hint=suggest(section, SECTIONS))
             if not isinstance(body, dict):
                 raise ConfigError(f"'{section}' must be a table", path=source, hint=f"write it as [{section}]")
         train_raw = dict(data.get("train", {}))
         train_sections = {name: train_raw.pop(name) for name in list(train_raw) if name in TRAIN_SECTIONS}
-        stages: dict[str, dict[str, Any]] = {}
-        for section, defaults in SECTIONS.items():
-            body = train_raw if section == "train" else data.get(section, {})
-            known = list(defaults) + (list(TRAIN_SECTIONS) if section == "train" else [])
-            for key, value in body.items():
-                if key not in defaults:
-                    raise ConfigError(
-                        f"unknown key '{section}.{key}'", path=source, hint=_suggest(key, known, f"{section}.")
-                    )
-                default = defaults[key]
-                if default is not None and not _same_kind(value, default):
-                    raise ConfigError(
-                        f"'{section}.{key}' should be like {default!r}, got {value!r}",
-                        path=source,
-                        hint="fix the value's type",
-                    )
-            stages[section] = {**defaults, **body}
+        for key, value in train_raw.items():
+            if isinstance(value, dict):  # a [train.<section>] that is not one
+                raise ConfigError(f"unknown section 'train.{key}'", path=source, hint=suggest(key, TRAIN_SECTIONS, "train."))
+        stages = {section: dataclasses.asdict(build_section(options, train_raw if section == "train" else data.get(section, {}), str(source), f"{section}."))
+                  for section, options in SECTIONS.items()}
         base = source.parent
         missing = [key for key in INPUT_KEYS if not stages["inputs"].get(key)]
         if missing:
             raise ConfigError(f"[inputs] lacks '{missing[0]}'", path=source, hint=f'add {missing[0]} = "PATH" under [inputs]')
         if not stages["output"].get("root"):
             raise ConfigError("[output] lacks 'root'", path=source, hint='add root = "DIR" under [output]')
-        for section, body in stages.items():
-            for key, value in body.items():
-                if value is not None and not isinstance(value, (str, int, float, bool)):
-                    hint = f'quote it: {key} = "{value}"' if isinstance(value, (dt.date, dt.time)) else "use a string, number or true/false"
-                    raise ConfigError(f"'{section}.{key}' should be a single value, got {value!r}", path=source, hint=hint)
         if stages["train"]["init_from"] not in ("", "previous"):
             raise ConfigError(
                 f"train.init_from must be \"previous\" or \"\", got {stages['train']['init_from']!r}",
@@ -162,23 +106,6 @@ class PipelineConfig:
             stages={name: stages[name] for name in STAGES},
             train_config=train_config,
         )
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, type(default))
-
-
-def _suggest(key: str, names: Any, prefix: str = "") -> str:
-    close = difflib.get_close_matches(key, list(names), n=1, cutoff=0.5)
-    if close:
-        return f"did you mean '{prefix}{close[0]}'?"
-    return f"known: {', '.join(prefix + str(n) for n in names)}"
 
 
 def _resolve(base: Path, value: str) -> Path:

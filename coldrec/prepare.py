@@ -43,6 +43,7 @@ import polars as pl
 
 from coldrec import io, log, schema
 from coldrec.errors import EmptyInput, UsageError
+from coldrec.options import PrepareOptions
 
 ORPHAN_MODES = ("drop", "keep")
 TS_UNITS = ("s", "ms")
@@ -100,21 +101,21 @@ def _format_window(window: dt.timedelta) -> str:
 class PrepareConfig:
     """Everything `coldrec prepare` needs besides the paths; `validate` checks it up front."""
 
-    attribution_window: dt.timedelta = dt.timedelta(minutes=30)
-    orphan_clicks: str = "drop"
-    ts_unit: str = "s"
+    attribution_window: dt.timedelta = parse_window(PrepareOptions.attribution_window)
+    orphan_clicks: str = PrepareOptions.orphan_clicks
+    ts_unit: str = PrepareOptions.ts_unit
     start: dt.date | None = None  # first day read (inclusive)
     end: dt.date | None = None  # last day read (inclusive)
-    valid_fraction: float = 0.1
-    holdout_items: float = 0.0
-    holdout_users: float = 0.0
-    seed: int = 0
+    valid_fraction: float = PrepareOptions.valid_fraction
+    holdout_items: float = PrepareOptions.holdout_items
+    holdout_users: float = PrepareOptions.holdout_users
+    seed: int = PrepareOptions.seed
 
     @classmethod
     def from_options(
         cls,
         *,
-        attribution_window: str = "30m",
+        attribution_window: str = PrepareOptions.attribution_window,
         start: str | None = None,
         end: str | None = None,
         **options: Any,

@@ -29,12 +29,13 @@ from coldrec import io, log
 from coldrec.embed import Embeddings, read_embeddings
 from coldrec.errors import IncompatibleModel, MissingColumn, UsageError
 from coldrec.index import ExactSearcher, LoadedIndex, Searcher, load_index
+from coldrec.options import RecallOptions
 from coldrec.result import StageResult
 from coldrec.schema import Column, Kind, TableContract, check_id_types_match, check_schema
 
 FORMATS = ("parquet", "jsonl", "csv")
-DEFAULT_K = 100
-DEFAULT_FRESH_DAYS = 7
+DEFAULT_K = RecallOptions.k
+DEFAULT_FRESH_DAYS = RecallOptions.fresh_days
 # Users per search batch: large enough to amortise the matrix multiply, small enough that
 # a batch's candidates stay a few MB.
 BATCH_USERS = 4096

@@ -42,6 +42,7 @@ from coldrec.io import (
     output_lock,
     scan_parquet,
 )
+from coldrec.options import StatsOptions
 from coldrec.result import StageResult
 from coldrec.schema import (
     SAMPLES,
@@ -56,15 +57,15 @@ from coldrec.schema import (
 
 HISTORY_FILES = ("train.parquet", "valid.parquet")
 REQUIRED_HISTORY_FILE = "train.parquet"
-DEFAULT_WINDOWS = (1, 7, 30)
+DEFAULT_WINDOWS = tuple(int(days) for days in StatsOptions.windows.split(","))
 MAX_WINDOW_DAYS = 36_500
 # Beta prior worth this many exposures at the global CTR: an entity with 10 exposures and
 # no click gets half-way between 0 and the global CTR.
-DEFAULT_PRIOR_STRENGTH = 10.0
+DEFAULT_PRIOR_STRENGTH = StatsOptions.prior_strength
 # Default category columns keep the most frequent values of each String column (counted
 # over the content table's rows); every other value, null, or id missing from the content
 # table counts as OTHER_VALUE. This bounds the width: at most (N + 1) columns per column.
-DEFAULT_MAX_CATEGORY_VALUES = 20
+DEFAULT_MAX_CATEGORY_VALUES = StatsOptions.max_category_values
 # Daily (entity, day) rows computed at once: bounds memory (about 0.5 GB per million rows
 # with ~40 stat columns) whatever the history size.
 DEFAULT_ROWS_PER_PARTITION = 1_000_000

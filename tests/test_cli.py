@@ -139,3 +139,26 @@ def test_python_dash_m_works():
         [sys.executable, "-m", "coldrec", "--version"], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0 and result.stdout.startswith("coldrec ")
+
+
+def test_every_stage_flag_defaults_to_its_option_in_coldrec_options():
+    """One source of truth: `coldrec <stage> --flag`'s default is coldrec.options' (which the
+    pipeline's [stage] tables and the library defaults read too)."""
+    import dataclasses
+    from enum import Enum
+
+    import typer.main
+
+    from coldrec.cli import app
+    from coldrec.options import EmbedOptions, IndexOptions, PrepareOptions, RecallOptions, StatsOptions
+
+    commands = typer.main.get_command(app).commands
+    checked = 0
+    for stage, options in (("prepare", PrepareOptions), ("stats", StatsOptions), ("embed", EmbedOptions), ("index", IndexOptions), ("recall", RecallOptions)):
+        defaults = {param.name: param.default for param in commands[stage].params}
+        for option in dataclasses.fields(options):
+            if option.name in defaults:
+                value = defaults[option.name]
+                assert (value.value if isinstance(value, Enum) else value) == option.default, (stage, option.name)
+                checked += 1
+    assert checked >= 18

@@ -270,6 +270,7 @@ def train(
     stats: Annotated[Optional[Path], typer.Option("--stats", help="Directory written by `coldrec stats` (optional).")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML config (defaults < config < flags).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Training epochs [training.epochs].")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Wall-time budget: start no epoch that would end past it; the best epoch so far is kept [training.max_minutes].")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Global batch size [training.batch_size].")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate [training.lr].")] = None,
     user_dropout: Annotated[Optional[float], typer.Option("--user-dropout", help="P(zero a user's preference block) [model.user_dropout_rate].")] = None,
@@ -297,6 +298,7 @@ def train(
 
     overrides = {
         "training.epochs": epochs,
+        "training.max_minutes": max_minutes,
         "training.batch_size": batch_size,
         "training.lr": lr,
         "training.seed": seed,

@@ -170,6 +170,9 @@ class TrainingConfig:
     # 0 since the MovieLens-100K selection: validation is warm-only, and stopping on its early
     # peak left the content path (cold items) under-trained; the best epoch is still kept.
     patience: int = 0  # epochs without improvement before stopping; 0 disables early stopping
+    # A wall-time budget for the epochs (cron): no epoch starts that the last one's time says
+    # would end past it; the best epoch so far is kept. 0 = no budget.
+    max_minutes: float = 0.0
     max_valid_users: int = 20000  # validation users sampled for Recall@K (deterministic)
     exclude_train_positives: bool = True  # in validation, skip items the user clicked in train
     # The validation number that picks the best epoch (and drives patience): "recall" = Recall@K
@@ -183,7 +186,7 @@ class TrainingConfig:
         _positive(self, "epochs", "batch_size", "recall_k", "max_valid_users", section="training")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ConfigError(f"training.lr must be a positive number, got {self.lr}", hint="e.g. lr = 0.003")
-        for name in ("weight_decay", "grad_clip", "warmup_steps", "patience", "negative_rate"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "patience", "negative_rate", "max_minutes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
         _choice(self, "schedule", SCHEDULES, "training")

@@ -687,10 +687,15 @@ def _fit(loop: _Loop, progress: _Progress, validation: ValidationSet | None, ckp
     training, dist = loop.training, loop.dist
     metric_name = _metric_name(training)
     stopped = bool(progress.history and progress.history[-1].get("stopped"))
+    started, last_epoch_s = time.perf_counter(), 0.0
     loop.runner.train()
     for epoch in range(progress.epochs_done, training.epochs):
         if stopped:
             break
+        if _over_budget(training.max_minutes, time.perf_counter() - started, last_epoch_s, dist, loop.device):
+            log.info(f"stopping before epoch {epoch + 1}: it would end past --max-minutes {training.max_minutes:g}")
+            break
+        epoch_started = time.perf_counter()
         record = loop.epoch(epoch)
         improved = validation is not None and _validate(loop, progress, validation, record, epoch)
         stop = bool(validation is not None and training.patience and progress.bad_epochs >= training.patience)
@@ -710,6 +715,18 @@ def _fit(loop: _Loop, progress: _Progress, validation: ValidationSet | None, ckp
         if stop:
             log.info(f"early stop after epoch {epoch + 1}: no {metric_name} gain in {training.patience} epoch(s)")
             break
+        last_epoch_s = time.perf_counter() - epoch_started
+
+
+def _over_budget(max_minutes: float, elapsed: float, last_epoch_s: float, dist: Dist, device: torch.device) -> bool:
+    """Would one more epoch, as long as the last (validation and checkpoint included), end
+    past the budget? Rank 0 decides for every rank, so they stop together."""
+    over = bool(max_minutes > 0 and last_epoch_s > 0 and elapsed + last_epoch_s > 60.0 * max_minutes)
+    if dist.enabled:
+        flag = torch.tensor([1.0 if over else 0.0], device=device)
+        torch.distributed.broadcast(flag, src=0)
+        over = bool(flag.item())
+    return over
 
 
 def _validate(loop: _Loop, progress: _Progress, validation: ValidationSet, record: dict, epoch: int) -> bool:

@@ -315,6 +315,13 @@ def test_resume_gives_exactly_the_uninterrupted_weights(tiny, tmp_path):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+def test_max_minutes_starts_no_epoch_that_would_end_past_the_budget(tiny, tmp_path, capsys):
+    result = run_train(*_args(tiny), tmp_path / "model", overrides={**FAST, "training.epochs": 5, "training.max_minutes": 1e-6})
+    assert result.epochs == 1 and load_model(tmp_path / "model").metrics["epochs"] == 1  # the first epoch always runs
+    assert "would end past --max-minutes" in capsys.readouterr().err
+    assert run_train(*_args(tiny), tmp_path / "free", overrides={**FAST, "training.epochs": 3, "training.max_minutes": 60.0}).epochs == 3
+
+
 def test_same_seed_same_weights_other_seed_differs(tiny, tmp_path):
     overrides = {**FAST, "training.epochs": 1}
     run_train(*_args(tiny), tmp_path / "a", overrides=overrides)

@@ -16,7 +16,7 @@ from coldrec.model import build_model
 from coldrec.train import build_validation, evaluate_recall, run_train
 
 torch.set_num_threads(1)
-FAST = {"training.epochs": 4, "training.batch_size": 128, "model.hidden": [16], "model.dim": 8, "training.lr": 0.05}
+FAST = {"training.epochs": 4, "training.patience": 0, "training.batch_size": 128, "model.hidden": [16], "model.dim": 8, "training.lr": 0.05}
 
 
 def test_views_are_recall_with_the_preference_blocks_zeroed(tiny_labelled):

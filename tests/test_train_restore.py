@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 from coldrec.train import run_train
 
 torch.set_num_threads(1)
-FAST = {"training.epochs": 4, "training.batch_size": 128, "model.hidden": [16], "model.dim": 8, "training.lr": 0.05}
+FAST = {"training.epochs": 4, "training.patience": 0, "training.batch_size": 128, "model.hidden": [16], "model.dim": 8, "training.lr": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +51,10 @@ def test_removed_keys_are_refused_with_the_reason(world, tmp_path, key):
     with pytest.raises(ConfigError, match="removed in 0.2"):
         _train(world, "with_valid", tmp_path / "out", **{key: False if key.startswith("training") else 0.5})
     assert not (tmp_path / "out").exists()
+
+
+def test_patience_stops_after_that_many_epochs_without_a_gain(world, tmp_path):
+    result = _train(world, "with_valid", tmp_path / "p", **{"training.epochs": 30, "training.patience": 2})
+    history = [json.loads(line) for line in (tmp_path / "p/train_log.jsonl").read_text().splitlines()]
+    assert result.epochs == len(history) < 30 and history[-1]["stopped"]  # it stopped early
+    assert result.epochs == result.best_epoch + 2 and not any(r["improved"] for r in history[result.best_epoch:])

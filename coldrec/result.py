@@ -36,8 +36,8 @@ def _plain(name: str, value: Any) -> Any:
         return str(value)
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
+    if isinstance(value, float) and name.endswith("per_s"):  # a rate (before "_s": it ends so too)
+        return round(value, 1)
     if isinstance(value, float) and (name == "seconds" or name.endswith("_s")):
         return round(value, 3)
-    if isinstance(value, float) and name.endswith("per_s"):
-        return round(value, 1)
     return value

@@ -559,6 +559,15 @@ def true_affinity(truth_dir: str | Path, user_ids, item_ids) -> np.ndarray:
     return taste @ topic.T
 
 
+def top_k_overlap(truth: np.ndarray, scores: np.ndarray, k: int) -> float:
+    """How much of a planted world a model recovers: the mean over rows of the share of the
+    row's true top k (by `truth`, e.g. `true_affinity`) that its top k by `scores` holds.
+    Rows rank columns (users ranking items); pass `.T` of both to rank the other way."""
+    true_top = np.argsort(-truth, axis=1)[:, :k]  # (rows, k)
+    model_top = np.argsort(-scores, axis=1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(true_top, model_top)]))
+
+
 def _lookup(table: pl.DataFrame, id_column: str, vector_column: str, ids) -> np.ndarray:
     wanted = pl.DataFrame({id_column: pl.Series(list(ids), dtype=table.schema[id_column])})
     joined = wanted.join(table, on=id_column, how="left", maintain_order="left")

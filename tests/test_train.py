@@ -20,7 +20,7 @@ from coldrec.cli import main
 from coldrec.config import TrainConfig, load_config
 from coldrec.errors import ConfigError, IncompatibleModel, UsageError
 from coldrec.model import load_model
-from coldrec.synth import SynthConfig, run_synth, true_affinity
+from coldrec.synth import SynthConfig, run_synth, top_k_overlap, true_affinity
 from coldrec.train import clip_gradients, default_threads, extend_spec, make_optimizer, run_train, set_threads, transfer_weights
 
 torch.set_num_threads(1)
@@ -511,9 +511,7 @@ def _best_user_precision(world: dict, model, item_ids, cold: bool, k: int = 30, 
         dim = model.config.model.dim
         user_vectors, item_vectors = user_vectors[:, :dim], item_vectors[:, :dim]
     scores = user_vectors @ item_vectors.T  # (U, I)
-    true_top = np.argsort(-truth, axis=0)[:k]
-    model_top = np.argsort(-scores, axis=0)[:k]
-    return float(np.mean([len(set(true_top[:, j]) & set(model_top[:, j])) / k for j in range(scores.shape[1])]))
+    return top_k_overlap(truth.T, scores.T, k)  # items ranking users
 
 
 @pytest.mark.slow
@@ -526,13 +524,11 @@ def test_imputed_profiles_lift_content_only_users(world):
     items = pl.read_parquet(root / "synth/items.parquet").filter(pl.col("item_id").is_in(world["warm"])).sort("item_id")
     item_vectors, _ = model.embed_items(items, stats=pl.read_parquet(root / "stats/item_stats_latest.parquet"))
     truth = true_affinity(root / "synth/truth", users["user_id"].to_list(), items["item_id"].to_list())  # (U, I)
-    true_top = np.argsort(-truth, axis=1)[:, :k]
 
     def precision() -> float:
         user_vectors, cold = model.embed_users(users, cold=True)
         assert cold.all()
-        model_top = np.argsort(-(user_vectors @ item_vectors.T), axis=1)[:, :k]
-        return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(true_top, model_top)]))
+        return top_k_overlap(truth, user_vectors @ item_vectors.T, k)
 
     assert model.model.terms.match.impute == 2.0
     imputed = precision()
@@ -630,7 +626,6 @@ def test_new_items_are_served_a_prior_that_leaves_them_room_in_a_mixed_catalogue
     items = pl.read_parquet(root / "synth/items.parquet").filter(pl.col("item_id").is_in(world["warm"] + world["cold"])).sort("item_id")
     user_vectors, _ = model.embed_users(users, stats=pl.read_parquet(root / "stats/user_stats_latest.parquet"))
     truth = true_affinity(root / "synth/truth", users["user_id"].to_list(), items["item_id"].to_list())  # (U, I)
-    true_top = np.argsort(-truth, axis=1)[:, :k]
     popularity = model.model.terms.prior.item_popularity
     known = popularity[1:].double().numpy()
     assert model.config.model.new_item_prior == 0.75
@@ -639,9 +634,9 @@ def test_new_items_are_served_a_prior_that_leaves_them_room_in_a_mixed_catalogue
     def ranked() -> tuple[float, float]:
         item_vectors, new = model.embed_items(items, stats=pl.read_parquet(root / "stats/item_stats_latest.parquet"))
         assert new.sum() == len(world["cold"])
-        top = np.argsort(-(user_vectors @ item_vectors.T), axis=1)[:, :k]
-        precision = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(true_top, top)]))
-        return precision, float(new[top].mean())
+        scores = user_vectors @ item_vectors.T  # (U, I)
+        top = np.argsort(-scores, axis=1)[:, :k]
+        return top_k_overlap(truth, scores, k), float(new[top].mean())
 
     quantile, quantile_share = ranked()
     saved = float(popularity[0])
@@ -650,6 +645,7 @@ def test_new_items_are_served_a_prior_that_leaves_them_room_in_a_mixed_catalogue
     mean, mean_share = ranked()
     with torch.no_grad():
         popularity[0] = saved
+    true_top = np.argsort(-truth, axis=1)[:, :k]
     true_share = float(np.isin(true_top, np.flatnonzero(np.isin(items["item_id"].to_numpy(), world["cold"]))).mean())
     print(f"mixed catalogue, top {k}: new items' share {quantile_share:.3f} (the mean: {mean_share:.3f}; true {true_share:.3f}), "
           f"precision {quantile:.3f} (the mean: {mean:.3f})")

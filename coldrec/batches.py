@@ -44,6 +44,11 @@ class EpochSampler:
     def __len__(self) -> int:
         return len(self.positives) + self.k
 
+    @property
+    def positive_share(self) -> float:
+        """The clicked share of an epoch's rows."""
+        return len(self.positives) / max(len(self), 1)
+
     def describe(self) -> str:
         if self.every_row:
             return f"every sample each epoch ({len(self.positives):,} positives, {len(self.negatives):,} negatives)"

@@ -70,13 +70,14 @@ class TrainResult(StageResult):
     valid_samples: int
     seconds: float
     samples_per_s: float
+    positives_per_s: float = 0.0  # clicked samples: what the retrieval losses learn from
     metrics: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         best = f"best {self.metric} {self.best_metric:.4f} at epoch {self.best_epoch}" if self.best_epoch else "no validation"
         return (
             f"train: {self.epochs} epoch(s) on {self.train_samples:,} samples, {best}, "
-            f"{self.samples_per_s:,.0f} samples/s -> {self.out} ({self.seconds:.1f}s)"
+            f"{self.samples_per_s:,.0f} samples/s ({self.positives_per_s:,.0f} positives/s) -> {self.out} ({self.seconds:.1f}s)"
         )
 
     def extra_fields(self) -> dict[str, Any]:
@@ -635,6 +636,7 @@ class _Loop:
         record: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
         record.update({name: float(value) / self.steps_per_epoch for name, value in sums.items()})
         record["samples_per_s"] = epoch_samples / max(seconds, 1e-9)
+        record["positives_per_s"] = record["samples_per_s"] * self.sampler.positive_share
         if not math.isfinite(record["loss"]):
             raise UsageError(f"the loss became {record['loss']} in epoch {epoch + 1}", hint="lower --lr (e.g. by 10x) or enable training.grad_clip")
         return record
@@ -746,6 +748,7 @@ def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, starte
     if progress.best_epoch:
         best_record = progress.history[progress.best_epoch - 1]
         final_metrics = {k: v for k, v in best_record.items() if k.startswith("recall@")}
+    rate = loop.trained_samples / max(loop.train_seconds, 1e-9) if loop.trained_samples else 0.0
     return TrainResult(
         out=out,
         epochs=len(progress.history),
@@ -755,7 +758,8 @@ def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, starte
         train_samples=inputs.train.height,
         valid_samples=inputs.valid.height if inputs.valid is not None else 0,
         seconds=time.perf_counter() - started,
-        samples_per_s=loop.trained_samples / max(loop.train_seconds, 1e-9) if loop.trained_samples else 0.0,
+        samples_per_s=rate,
+        positives_per_s=rate * loop.sampler.positive_share,
         metrics=final_metrics,
     )
 
@@ -788,7 +792,7 @@ def _log_epoch(record: dict, epochs: int, metric_name: str) -> None:
             name = f"{base}_{key}"
             if name in record:
                 parts.append(f"{key} {record[name]:.4f}")
-    parts.append(f"{record['samples_per_s']:,.0f} samples/s")
+    parts.append(f"{record['samples_per_s']:,.0f} samples/s ({record['positives_per_s']:,.0f} positives/s)")
     log.event("train_epoch", f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts), **record)
 
 
@@ -797,6 +801,7 @@ def _write_model_dir(out: Path, step_module: TrainStep, spec: FeatureSpec, confi
         "best_epoch": result.best_epoch,
         "epochs": result.epochs,
         "samples_per_s": result.samples_per_s,
+        "positives_per_s": result.positives_per_s,
         **result.metrics,
     }
     # run_train holds the output lock (rank 0) from the start of the run.

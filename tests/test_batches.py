@@ -18,6 +18,7 @@ def test_sampled_epochs_estimate_the_pointwise_loss_over_every_exposure_without_
     full = float(loss.sum())  # one epoch over every exposure
     sampler = EpochSampler(label, negative_rate=2.0)
     assert len(sampler) == 30 + 60 and sampler.negative_weight == 270 / 60
+    assert sampler.positive_share == 30 / 90  # positives/s = samples/s x this share
     totals = []
     for seed in range(3000):
         rows, importance = sampler.rows(torch.Generator().manual_seed(seed))

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from coldrec.batches import EpochSampler
 from coldrec.cli import main
 from coldrec.config import TrainConfig, load_config
 from coldrec.errors import ConfigError, IncompatibleModel, UsageError
@@ -90,7 +91,11 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
     assert result.epochs == 2 and result.best_epoch >= 1
     for name in ("weights.safetensors", "spec.json", "config.toml", "metrics.json", "train_log.jsonl", "manifest.json"):
         assert (out / name).is_file(), name
-    assert len((out / "train_log.jsonl").read_text().splitlines()) == 2
+    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(history) == 2
+    label = torch.tensor(pl.read_parquet(tiny / "prep/train.parquet")["label"].to_numpy())
+    share = EpochSampler(label, TrainConfig().training.negative_rate).positive_share  # clicks of an epoch's rows
+    assert all(r["positives_per_s"] == pytest.approx(r["samples_per_s"] * share) for r in history)
     state = load_file(str(out / "weights.safetensors"))
     assert "loss.bias" in state  # the loss's learned bias is saved with the model
     loaded = load_model(out)

@@ -39,6 +39,7 @@ import numpy as np
 import polars as pl
 
 from coldrec import log
+from coldrec.charts import CSS, html_table, svg_bar_chart, svg_line_chart
 from coldrec.errors import BadValues, DuplicateIds, EmptyInput, InputNotFound, NullValues, UsageError
 from coldrec.io import atomic_file, check_output_file, output_lock, scan_parquet, write_json_atomic
 from coldrec.schema import RECS, Column, Kind, TableContract, check_id_types_match, check_schema
@@ -803,129 +804,6 @@ def render_markdown(result: EvaluateResult) -> str:
 
 # --------------------------------------------------------------------------- HTML report
 
-_PALETTE = ("#3b6ea5", "#e07b39", "#4f9a5c", "#b94a5a", "#7d62a8", "#8c6d46")
-
-_CSS = """
-body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
-       max-width: 1100px; color: #222; padding: 0 1em; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #f2f4f7; }
-.meta { color: #555; font-size: 0.9em; } .plots { display: flex; flex-wrap: wrap; gap: 1.5em; }
-svg text { font-family: inherit; font-size: 12px; fill: #333; }
-code { background: #f2f4f7; padding: 0 0.2em; }
-"""
-
-
-def _nice_max(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    exponent = math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        top = step * 10**exponent
-        if top >= value:
-            return top
-    return 10 ** (exponent + 1)
-
-
-def _svg_bar_chart(title: str, categories: Sequence[str], series: dict[str, Sequence[float | None]]) -> str:
-    """Grouped vertical bars: one group per category, one bar per series."""
-    width, height = 520, 300
-    left, right, top, bottom = 55, 15, 35, 55
-    plot_w, plot_h = width - left - right, height - top - bottom
-    values = [v for values_ in series.values() for v in values_ if v is not None]
-    y_max = _nice_max(max(values) if values else 0.0)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
-    out.append(f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>')
-    for i in range(5):
-        value = y_max * i / 4
-        y = top + plot_h - plot_h * i / 4
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    group_w = plot_w / max(len(categories), 1)
-    bar_w = group_w * 0.8 / max(len(series), 1)
-    for c, category in enumerate(categories):
-        x0 = left + c * group_w + group_w * 0.1
-        for s, (name, values_) in enumerate(series.items()):
-            value = values_[c]
-            x = x0 + s * bar_w
-            if value is None:
-                out.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h - 4}" text-anchor="middle">–</text>')
-                continue
-            bar_h = plot_h * value / y_max
-            out.append(
-                f'<rect x="{x:.1f}" y="{top + plot_h - bar_h:.1f}" width="{bar_w * 0.92:.1f}" height="{bar_h:.1f}" '
-                f'fill="{_PALETTE[s % len(_PALETTE)]}"><title>{html.escape(name)} {html.escape(category)}: {value:.4f}</title></rect>'
-            )
-            if bar_w >= 26:  # room for the value printed above the bar
-                out.append(
-                    f'<text x="{x + bar_w * 0.46:.1f}" y="{top + plot_h - bar_h - 3:.1f}" text-anchor="middle" '
-                    f'font-size="10">{value:.3f}</text>'
-                )
-        out.append(
-            f'<text x="{x0 + group_w * 0.4:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{html.escape(category)}</text>'
-        )
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
-    legend_step = min(110.0, plot_w / max(len(series), 1))
-    for s, name in enumerate(series):
-        x = left + s * legend_step
-        y = height - 14
-        out.append(f'<rect x="{x}" y="{y - 10}" width="12" height="12" fill="{_PALETTE[s % len(_PALETTE)]}"/>')
-        out.append(f'<text x="{x + 16}" y="{y}">{html.escape(name)}</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def _svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Sequence[int]) -> str:
-    """Recall@k against k, with dots at the requested cut-offs."""
-    width, height = 520, 300
-    left, right, top, bottom = 55, 20, 35, 45
-    plot_w, plot_h = width - left - right, height - top - bottom
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
-    out.append(f'<text x="{width / 2}" y="18" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>')
-    if not xs:
-        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
-        return "\n".join(out)
-    x_max = max(xs)
-    y_max = _nice_max(max(ys) if ys else 0.0)
-
-    def px(x: float) -> float:
-        return left + plot_w * (x - 1) / max(x_max - 1, 1)
-
-    def py(y: float) -> float:
-        return top + plot_h - plot_h * y / y_max
-
-    for i in range(5):
-        value = y_max * i / 4
-        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(value):.1f}" y2="{py(value):.1f}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{left - 6}" y="{py(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    for x in sorted({1, *[k for k in marks if k <= x_max], x_max}):
-        out.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{x}</text>')
-    # At most ~500 points keep the file small for long lists.
-    step = max(1, len(xs) // 500)
-    points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in list(zip(xs, ys))[::step] + [(xs[-1], ys[-1])])
-    out.append(f'<polyline points="{points}" fill="none" stroke="{_PALETTE[0]}" stroke-width="2"/>')
-    for k in marks:
-        if k <= x_max:
-            y = ys[k - 1]
-            out.append(
-                f'<circle cx="{px(k):.1f}" cy="{py(y):.1f}" r="4" fill="{_PALETTE[1]}"><title>recall@{k}: {y:.4f}</title></circle>'
-            )
-            out.append(f'<text x="{px(k) + 6:.1f}" y="{py(y) - 6:.1f}">{y:.3f}</text>')
-    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
-    out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">k</text>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def render_html(result: EvaluateResult) -> str:
     """A self-contained HTML page: inline CSS and SVG, no scripts, no external assets."""
     ks = result.ks
@@ -933,7 +811,7 @@ def render_html(result: EvaluateResult) -> str:
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         "<title>coldrec evaluate</title>",
-        f"<style>{_CSS}</style></head><body>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>coldrec evaluate</h1>",
         '<p class="meta">recs <code>{}</code> · truth <code>{}</code>{}</p>'.format(
             html.escape(result.recs_path),
@@ -942,9 +820,9 @@ def render_html(result: EvaluateResult) -> str:
         ),
         f"<p>{html.escape(_headline(result))}. MRR {_fmt(result.overall.get('mrr'))}.</p>",
         "<h2>Overall</h2>",
-        _html_table(*_overall_rows(result)),
+        html_table(*_overall_rows(result)),
     ]
-    plots = [_svg_line_chart("Recall@k", result.curve_k, result.curve_recall, ks)]
+    plots = [svg_line_chart("Recall@k", result.curve_k, result.curve_recall, ks)]
     breakdowns = (
         ("By item popularity in train", "Recall by item bucket", result.item_buckets, _item_rows),
         ("By user activity in train", "Recall by user bucket", result.user_buckets, _user_rows),
@@ -952,10 +830,10 @@ def render_html(result: EvaluateResult) -> str:
     for heading, chart_title, buckets, table_rows in breakdowns:
         if buckets is None:
             continue
-        parts += [f"<h2>{heading}</h2>", _html_table(*table_rows(result))]
+        parts += [f"<h2>{heading}</h2>", html_table(*table_rows(result))]
         categories = [row["bucket"] for row in buckets]
         plots.append(
-            _svg_bar_chart(chart_title, categories, {f"recall@{k}": [row[f"recall@{k}"] for row in buckets] for k in ks})
+            svg_bar_chart(chart_title, categories, {f"recall@{k}": [row[f"recall@{k}"] for row in buckets] for k in ks})
         )
     parts += ["<h2>Plots</h2>", '<div class="plots">', *plots, "</div>"]
     parts += [

@@ -27,7 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("features",),  # tables -> tensors
     ("config",),
     ("losses", "schema", "io"),
-    ("errors", "log", "options", "result"),
+    ("errors", "log", "options", "result", "charts"),
 ]
 
 

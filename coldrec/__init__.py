@@ -27,6 +27,7 @@ _EXPORTS = {
     "run_recall": "coldrec.recall",
     "run_evaluate": "coldrec.evaluate",
     "run_pipeline": "coldrec.pipeline",
+    "run_tune": "coldrec.tune",
     "run_movielens": "coldrec.datasets",
 }
 

@@ -84,7 +84,7 @@ def svg_bar_chart(title: str, categories: Sequence[str], series: dict[str, Seque
 
 
 def svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Sequence[int], *, x_label: str = "k", mark_label: str = "recall@{x}") -> str:
-    """ys against xs (ascending, from 1), with labelled dots at the xs in `marks`
+    """ys against xs (ascending), with labelled dots at the xs in `marks`
     (`mark_label` names a dot: "recall@{x}" for Recall@k against k)."""
     width, height = 520, 300
     left, right, top, bottom = 55, 20, 35, 45
@@ -94,11 +94,11 @@ def svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Se
     if not xs:
         out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
         return "\n".join(out)
-    x_max = max(xs)
+    x_min, x_max = min(xs), max(xs)
     y_max = nice_max(max(ys) if ys else 0.0)
 
     def px(x: float) -> float:
-        return left + plot_w * (x - 1) / max(x_max - 1, 1)
+        return left + plot_w * (x - x_min) / max(x_max - x_min, 1)
 
     def py(y: float) -> float:
         return top + plot_h - plot_h * y / y_max
@@ -107,7 +107,7 @@ def svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Se
         value = y_max * i / 4
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(value):.1f}" y2="{py(value):.1f}" stroke="#e3e3e3"/>')
         out.append(f'<text x="{left - 6}" y="{py(value) + 4:.1f}" text-anchor="end">{value:.3g}</text>')
-    for x in sorted({1, *[k for k in marks if k <= x_max], x_max}):
+    for x in sorted({x_min, *[k for k in marks if x_min <= k <= x_max], x_max}):
         out.append(f'<text x="{px(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{x}</text>')
     # At most ~500 points keep the file small for long lists.
     step = max(1, len(xs) // 500)

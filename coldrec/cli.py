@@ -18,7 +18,7 @@ import typer
 
 from coldrec import __version__, log
 from coldrec.errors import EXIT_BAD_INPUT, EXIT_UNEXPECTED, ColdrecError
-from coldrec.options import EmbedOptions, IndexOptions, PrepareOptions, RecallOptions, StatsOptions
+from coldrec.options import EmbedOptions, IndexOptions, PrepareOptions, RecallOptions, StatsOptions, TuneOptions
 
 app = typer.Typer(
     name="coldrec",
@@ -323,6 +323,36 @@ def train(
         threads=threads,
     )
     _report("train", result)
+
+@app.command()
+def tune(
+    samples: Annotated[Path, typer.Option("--samples", help="Directory written by `coldrec prepare` (train.parquet, valid.parquet).")],
+    users: Annotated[Path, typer.Option("--users", help="Users content table (Parquet, one row per user_id).")],
+    items: Annotated[Path, typer.Option("--items", help="Items content table (Parquet, one row per item_id).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Tune directory: study.db (resumable), best.toml, trials.csv, report.html.")],
+    stats: Annotated[Optional[Path], typer.Option("--stats", help="Directory written by `coldrec stats` (optional).")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Base TOML config: every key the search does not draw.")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Trials in the study, resumed ones included [default: 20, or as many as --budget allows].")] = TuneOptions.trials,
+    budget: Annotated[Optional[str], typer.Option("--budget", help="Wall time for the search, e.g. 30m, 2h, 90s; no trial runs past it.")] = TuneOptions.budget,
+    objective: Annotated[Optional[str], typer.Option("--objective", help="Scenarios averaged: warm,cold_user,cold_item [default: warm + the sides prepare held out].")] = TuneOptions.objective,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampler (the trials train with training.seed).")] = TuneOptions.seed,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch; 0 = OMP_NUM_THREADS if set, else 1.")] = TuneOptions.threads,
+) -> None:
+    """Search the training configuration on the validation split (Optuna TPE, pruning).
+
+    Each trial trains the model with a drawn learning rate, weight decay, negative rate,
+    sizes, dropout rates and loss settings, and is scored by the mean validation Recall@K of
+    the objective's scenarios (cold ones through the content-only views). The study is kept
+    in OUT/study.db: rerunning the command resumes it. Writes OUT/best.toml for `coldrec
+    train --config`, trials.csv and report.html. See docs/model.md, "Tuning on your own data".
+
+    Example: coldrec tune --samples prep/ --users users.parquet --items items.parquet --out tune/ --budget 30m
+    """
+    from coldrec.tune import run_tune
+
+    result = run_tune(samples, users, items, out, stats=stats, config=config, trials=trials, budget=budget, objective=objective, seed=seed, threads=threads)
+    _report("tune", result)
+
 
 @app.command()
 def embed(

@@ -49,6 +49,10 @@ class UsageError(ColdrecError):
     """An option value that cannot work (out of range, contradictory, malformed)."""
 
 
+class Diverged(UsageError):
+    """Training's loss became NaN or infinite (a learning rate too high for the data)."""
+
+
 class InputNotFound(ColdrecError):
     """A path given on the command line does not exist or cannot be read."""
 

@@ -47,6 +47,17 @@ def configure(*, log_format: str = "text", quiet: bool = False, debug: bool = Fa
     _console = None
 
 
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Info lines, events and progress bars off for the block (warnings and errors stay)."""
+    before = settings.quiet
+    settings.quiet = True
+    try:
+        yield
+    finally:
+        settings.quiet = before
+
+
 def console() -> Console:
     global _console
     if _console is None or _console.file is not sys.stderr:

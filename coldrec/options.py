@@ -42,6 +42,15 @@ class TrainOptions:
 
 
 @dataclass
+class TuneOptions:
+    trials: int | None = None  # trials in the study, resumed ones included (None: 20, or unbounded with a budget)
+    budget: str | None = None  # wall time for the whole search: "30m", "2h", "90s" (None: no limit)
+    objective: str | None = None  # warm,cold_user,cold_item (None: the scenarios the split holds)
+    seed: int = 0  # the sampler's seed (the trials' training seed is training.seed)
+    threads: int = 0  # torch CPU threads; 0 = automatic (coldrec.train.default_threads)
+
+
+@dataclass
 class EmbedOptions:
     batch_size: int = 1024  # rows per forward pass
     threads: int | None = None  # torch CPU threads (None: torch's choice)

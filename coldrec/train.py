@@ -44,7 +44,7 @@ from coldrec import io, log
 from coldrec.batches import EpochSampler
 from coldrec.checkpoint import CHECKPOINT_META, checkpoint_dir, load_checkpoint, load_state_into, save_checkpoint
 from coldrec.config import TrainConfig, load_config
-from coldrec.errors import EmptyInput, InputNotFound, SchemaError, UsageError, WrongDtype
+from coldrec.errors import Diverged, EmptyInput, InputNotFound, SchemaError, UsageError, WrongDtype
 from coldrec.features import EncodedData, FeatureSpec, encode_dataset, fit_spec, with_day
 from coldrec.losses import RetrievalLoss, dropoutnet_mse
 from coldrec.model import LoadedModel, TwoTower, build_model, load_model, model_state, write_model_files
@@ -638,7 +638,7 @@ class _Loop:
         record["samples_per_s"] = epoch_samples / max(seconds, 1e-9)
         record["positives_per_s"] = record["samples_per_s"] * self.sampler.positive_share
         if not math.isfinite(record["loss"]):
-            raise UsageError(f"the loss became {record['loss']} in epoch {epoch + 1}", hint="lower --lr (e.g. by 10x) or enable training.grad_clip")
+            raise Diverged(f"the loss became {record['loss']} in epoch {epoch + 1}", hint="lower --lr (e.g. by 10x) or enable training.grad_clip")
         return record
 
     def _step(self, rows: Tensor, importance: Tensor | None, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor]]:

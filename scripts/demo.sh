@@ -21,6 +21,11 @@ coldrec train --samples "$OUT/prep" --stats "$OUT/stats" --users "$DATA/users.pa
     --items "$DATA/items.parquet" --out "$OUT/model" --seed 1
 ls "$OUT/model" >&2
 
+step "tune: 4 trials of the training configuration, scored on the validation split"
+coldrec tune --samples "$OUT/prep" --users "$DATA/users.parquet" --items "$DATA/items.parquet" \
+    --out "$OUT/tune" --trials 4 --seed 1
+head -n 2 "$OUT/tune/best.toml" >&2
+
 step "embed: every item and user (unknown ids fall back to content alone)"
 coldrec embed --model "$OUT/model" --items "$DATA/items.parquet" --stats "$OUT/stats" --out "$OUT/items.parquet"
 coldrec embed --model "$OUT/model" --users "$DATA/users.parquet" --stats "$OUT/stats" --out "$OUT/users.parquet"

@@ -16,8 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "coldrec"
 FLOORS: list[tuple[str, ...]] = [
     ("__main__",),  # python -m coldrec
     ("cli",),  # the command line
-    ("pipeline",),  # every stage, from one config
+    ("pipeline", "tune"),  # every stage, from one config; many trainings, on validation
     ("train", "recall", "evaluate", "prepare", "synth", "datasets"),  # the stages
+    ("tune_report",),  # tune's HTML report
     ("index",),  # stages that others build on
     ("embed",),
     ("stats",),

@@ -121,6 +121,10 @@ class ModelConfig:
     # quarter; the mean (the value before this key) is about the median, where a new item
     # competes with the tail and, in a mixed catalogue, is rarely recommended.
     new_item_prior: float = 0.75
+    # Fit profile_match, profile_impute and popularity_prior on the validation split at the
+    # end of `coldrec train` (coldrec.term_weights): the values above are where the search
+    # starts, and what is served when this is false or there is no validation split.
+    fit_served: bool = True
 
     def validate(self) -> None:
         _positive(self, "dim", "embedding_dim", "id_dim", section="model")

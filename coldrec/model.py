@@ -168,7 +168,10 @@ class TwoTower(nn.Module):
         self.user = Tower(user_spec, config, normalize=normalize, profile_width=profile_width(item_spec) if config.user_profile else 0, init=init)
         self.item = Tower(item_spec, config, normalize=normalize, profile_width=profile_width(user_spec) if config.item_profile else 0, init=init)
         self.terms = ServedTerms(config, user_spec, item_spec, enabled=normalize)  # none for dropoutnet's regressions
-        self.output_dim = config.dim + self.terms.width
+
+    @property
+    def output_dim(self) -> int:
+        return self.config.dim + self.terms.width
 
     def dropout_masks(self, batch: int, device: torch.device, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(batch,) bool masks: True = drop that row's user (item) preference block."""

@@ -234,6 +234,9 @@ class PopularityPrior(nn.Module):
 
 
 TERMS: tuple[type[nn.Module], ...] = (ProfileMatch, PopularityPrior)  # in the order of their columns
+# The weights `coldrec train` fits on validation (coldrec.term_weights): model config key ->
+# (term key, attribute). 0 turns the part off.
+FITTED = {"profile_match": ("match", "weight"), "profile_impute": ("match", "impute"), "popularity_prior": ("prior", "weight")}
 
 
 class ServedTerms(nn.Module):
@@ -256,6 +259,28 @@ class ServedTerms(nn.Module):
     def fit(self, user_tower: nn.Module, data: EncodedData, spec: FeatureSpec, train: pl.DataFrame, config: ModelConfig) -> None:
         for term in self.children():
             term.fit(user_tower, data, spec, train, config)
+
+    def weights(self) -> dict[str, float]:
+        """{FITTED key: value} of the parts that are on."""
+        found = {key: self.get(term) for key, (term, _) in FITTED.items()}
+        return {key: float(getattr(module, FITTED[key][1])) for key, module in found.items()
+                if module is not None and float(getattr(module, FITTED[key][1])) > 0}
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        """Serve with these weights (keys of `weights()`; 0 turns a part off)."""
+        for key, value in weights.items():
+            term, attribute = FITTED[key]
+            setattr(self.get(term), attribute, float(value))
+
+    def drop_unused(self) -> None:
+        """Remove the terms and tables a weight of 0 turned off, so the module is what a
+        config with those weights at 0 builds (and loads)."""
+        match = self.get("match")
+        if match is not None and not match.impute and "impute_map" in match._buffers:
+            del match._buffers["impute_map"], match._buffers["user_value_edges"]
+        for key in [key for key, term in self._modules.items() if not term.weight]:
+            del self._modules[key]
+        self.width = sum(term.width for term in self.children()) + 2 if len(self) else 0
 
     def apply(self, side: str, out: Tensor, inputs: dict[str, Tensor], drop: Tensor | None, user_tower: nn.Module) -> Tensor:
         """(batch, dim) tower output -> (batch, dim + width) served vector; `drop` (batch,) bool

@@ -51,6 +51,7 @@ from coldrec.model import LoadedModel, TwoTower, build_model, load_model, model_
 from coldrec.profiles import fill_click_profiles, leave_one_out
 from coldrec.result import StageResult
 from coldrec.schema import SAMPLES, check_content_table, check_id_types_match, check_schema
+from coldrec.term_weights import fit_term_weights
 from coldrec.validation import ValidationSet, build_validation, evaluate_recall
 from coldrec.warmstart import extend_spec, transfer_weights
 
@@ -72,6 +73,7 @@ class TrainResult(StageResult):
     samples_per_s: float
     positives_per_s: float = 0.0  # clicked samples: what the retrieval losses learn from
     metrics: dict[str, float] = field(default_factory=dict)
+    served_terms: dict[str, Any] = field(default_factory=dict)  # coldrec.term_weights: weights fitted on validation
 
     def summary(self) -> str:
         best = f"best {self.metric} {self.best_metric:.4f} at epoch {self.best_epoch}" if self.best_epoch else "no validation"
@@ -400,7 +402,8 @@ def run_train(
 
     if progress.best_state is not None:
         load_state_into(step_module.model, step_module.loss, {k: v.to(torch_device) for k, v in progress.best_state.items()})
-    result = _result(out, progress, loop, inputs, started)
+    served = _fit_served(step_module.model, data, validation, config, torch_device)
+    result = _result(out, progress, loop, inputs, started, served)
     if dist.main:
         _write_model_dir(out, step_module, spec, config, config.training.objective != "dropoutnet", progress.history, result, samples_dir, users, items, stats, init_from)
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -743,10 +746,18 @@ def _validate(loop: _Loop, progress: _Progress, validation: ValidationSet, recor
     return True
 
 
-def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, started: float) -> TrainResult:
+def _fit_served(model: TwoTower, data: EncodedData, validation: ValidationSet | None, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+    """model.fit_served: the served terms' weights fitted on validation (rank 0 only: it holds
+    the validation set and writes the model)."""
+    if validation is None or not config.model.fit_served or not len(model.terms):
+        return None
+    return fit_term_weights(model, data, validation, config, device)
+
+
+def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, started: float, served: dict[str, Any] | None) -> TrainResult:
     final_metrics: dict[str, float] = {}
     if progress.best_epoch:
-        best_record = progress.history[progress.best_epoch - 1]
+        best_record = served["metrics"] if served else progress.history[progress.best_epoch - 1]
         final_metrics = {k: v for k, v in best_record.items() if k.startswith("recall@")}
     rate = loop.trained_samples / max(loop.train_seconds, 1e-9) if loop.trained_samples else 0.0
     return TrainResult(
@@ -761,6 +772,7 @@ def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, starte
         samples_per_s=rate,
         positives_per_s=rate * loop.sampler.positive_share,
         metrics=final_metrics,
+        served_terms={key: served[key] for key in ("weights", "configured", "metric", "before", "after")} if served else {},
     )
 
 
@@ -803,6 +815,7 @@ def _write_model_dir(out: Path, step_module: TrainStep, spec: FeatureSpec, confi
         "samples_per_s": result.samples_per_s,
         "positives_per_s": result.positives_per_s,
         **result.metrics,
+        **({"served_terms": result.served_terms} if result.served_terms else {}),
     }
     # run_train holds the output lock (rank 0) from the start of the run.
     with io.atomic_dir(out) as temp:

@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("index",),  # stages that others build on
     ("embed",),
     ("stats",),
+    ("term_weights",),  # the served terms' weights, fitted on validation
     ("batches", "checkpoint", "profiles", "validation", "warmstart"),  # parts of the training loop
     ("model",),  # the DropoutNet towers, the model directory
     ("served",),  # the served score terms

@@ -262,9 +262,8 @@ class ServedTerms(nn.Module):
 
     def weights(self) -> dict[str, float]:
         """{FITTED key: value} of the parts that are on."""
-        found = {key: self.get(term) for key, (term, _) in FITTED.items()}
-        return {key: float(getattr(module, FITTED[key][1])) for key, module in found.items()
-                if module is not None and float(getattr(module, FITTED[key][1])) > 0}
+        values = {key: float(getattr(self.get(term), attribute, 0.0)) for key, (term, attribute) in FITTED.items()}
+        return {key: value for key, value in values.items() if value > 0}
 
     def set_weights(self, weights: dict[str, float]) -> None:
         """Serve with these weights (keys of `weights()`; 0 turns a part off)."""

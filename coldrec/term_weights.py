@@ -25,7 +25,7 @@ from coldrec import log
 from coldrec.config import TrainConfig
 from coldrec.features import EncodedData
 from coldrec.model import TwoTower
-from coldrec.validation import ValidationSet, evaluate_recall
+from coldrec.validation import ValidationSet, evaluate_for_selection, selection_metric
 
 # Each weight's candidates, as multiples of its configured value (0 = off).
 GRID = (0.0, 0.5, 1.0, 2.0)
@@ -33,13 +33,13 @@ MIN_GAIN = 0.005
 ROUNDS = 2
 
 
-def fit_term_weights(model: TwoTower, data: EncodedData, valid: ValidationSet, config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """Set model.terms' weights (and config.model's) to the validation best; returns what was
-    chosen, from what, and the figures: {"weights", "configured", "metric", "before", "after",
-    "metrics"} (`metrics`: every validation figure with the chosen weights)."""
+def fit_term_weights(model: TwoTower, data: EncodedData, valid: ValidationSet, config: TrainConfig, device: torch.device, figures: dict[str, float]) -> dict[str, Any]:
+    """Set model.terms' weights (and config.model's) to the validation best, starting from
+    `figures`, the validation record of the model as it stands (its best epoch); returns what
+    was chosen, from what, and the figures: {"weights", "configured", "metric", "before",
+    "after", "metrics"} (`metrics`: every validation figure with the chosen weights)."""
     configured = model.terms.weights()
-    metric = _metric(config)
-    figures = _score(model, data, valid, config, device)
+    metric = selection_metric(config.training)
     before = best = figures[metric]
     chosen = dict(configured)
     for _ in range(ROUNDS):
@@ -49,7 +49,7 @@ def fit_term_weights(model: TwoTower, data: EncodedData, valid: ValidationSet, c
                 if value == chosen[key]:
                     continue
                 model.terms.set_weights({**chosen, key: value})
-                trial = _score(model, data, valid, config, device)
+                trial = evaluate_for_selection(model, data, valid, config.training, device)
                 if trial[metric] > best * (1 + MIN_GAIN):
                     best, figures, chosen[key], moved = trial[metric], trial, value, True
         if not moved:
@@ -60,15 +60,6 @@ def fit_term_weights(model: TwoTower, data: EncodedData, valid: ValidationSet, c
         setattr(config.model, key, value)
     _log(configured, chosen, metric, before, best)
     return {"weights": chosen, "configured": configured, "metric": metric, "before": before, "after": best, "metrics": figures}
-
-
-def _metric(config: TrainConfig) -> str:
-    k = config.training.recall_k
-    return f"recall@{k}_mean_views" if config.training.select_on == "mean_views" else f"recall@{k}"
-
-
-def _score(model: TwoTower, data: EncodedData, valid: ValidationSet, config: TrainConfig, device: torch.device) -> dict[str, float]:
-    return evaluate_recall(model, data, valid, config.training.recall_k, device, views=config.training.select_on == "mean_views")
 
 
 def _log(configured: dict[str, float], chosen: dict[str, float], metric: str, before: float, after: float) -> None:

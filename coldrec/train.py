@@ -52,7 +52,7 @@ from coldrec.profiles import fill_click_profiles, leave_one_out
 from coldrec.result import StageResult
 from coldrec.schema import SAMPLES, check_content_table, check_id_types_match, check_schema
 from coldrec.term_weights import fit_term_weights
-from coldrec.validation import ValidationSet, build_validation, evaluate_recall
+from coldrec.validation import ValidationSet, build_validation, evaluate_for_selection, evaluate_recall, selection_metric
 from coldrec.warmstart import extend_spec, transfer_weights
 
 # --------------------------------------------------------------------------- result
@@ -402,7 +402,7 @@ def run_train(
 
     if progress.best_state is not None:
         load_state_into(step_module.model, step_module.loss, {k: v.to(torch_device) for k, v in progress.best_state.items()})
-    served = _fit_served(step_module.model, data, validation, config, torch_device)
+    served = _fit_served(step_module.model, data, validation, config, torch_device, progress)
     result = _result(out, progress, loop, inputs, started, served)
     if dist.main:
         _write_model_dir(out, step_module, spec, config, config.training.objective != "dropoutnet", progress.history, result, samples_dir, users, items, stats, init_from)
@@ -683,14 +683,10 @@ def _distributed(step_module: TrainStep, config: TrainConfig, dist: Dist, device
     )
 
 
-def _metric_name(training) -> str:
-    return f"recall@{training.recall_k}" + ("_mean_views" if training.select_on == "mean_views" else "")
-
-
 def _fit(loop: _Loop, progress: _Progress, validation: ValidationSet | None, ckpt: Path, fingerprint: str, on_epoch_end) -> None:
     """Epochs from where `progress` stands: train, validate, keep the best, checkpoint, stop early."""
     training, dist = loop.training, loop.dist
-    metric_name = _metric_name(training)
+    metric_name = selection_metric(training)
     stopped = bool(progress.history and progress.history[-1].get("stopped"))
     started, last_epoch_s = time.perf_counter(), 0.0
     loop.runner.train()
@@ -737,21 +733,21 @@ def _over_budget(max_minutes: float, elapsed: float, last_epoch_s: float, dist: 
 def _validate(loop: _Loop, progress: _Progress, validation: ValidationSet, record: dict, epoch: int) -> bool:
     """Add the validation metrics to `record`; keep the weights if they are the best so far."""
     training = loop.training
-    record.update(evaluate_recall(loop.step_module.model, loop.data, validation, training.recall_k, loop.device, views=training.select_on == "mean_views"))
-    if record[_metric_name(training)] <= progress.best_metric:
+    record.update(evaluate_for_selection(loop.step_module.model, loop.data, validation, training, loop.device))
+    if record[selection_metric(training)] <= progress.best_metric:
         progress.bad_epochs += 1
         return False
-    progress.best_metric, progress.best_epoch, progress.bad_epochs = record[_metric_name(training)], epoch + 1, 0
+    progress.best_metric, progress.best_epoch, progress.bad_epochs = record[selection_metric(training)], epoch + 1, 0
     progress.best_state = {k: v.clone() for k, v in model_state(loop.step_module.model, loop.step_module.loss).items()}
     return True
 
 
-def _fit_served(model: TwoTower, data: EncodedData, validation: ValidationSet | None, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+def _fit_served(model: TwoTower, data: EncodedData, validation: ValidationSet | None, config: TrainConfig, device: torch.device, progress: _Progress) -> dict[str, Any] | None:
     """model.fit_served: the served terms' weights fitted on validation (rank 0 only: it holds
-    the validation set and writes the model)."""
-    if validation is None or not config.model.fit_served or not len(model.terms):
+    the validation set and writes the model), from the best epoch's figures."""
+    if validation is None or not progress.best_epoch or not config.model.fit_served or not len(model.terms):
         return None
-    return fit_term_weights(model, data, validation, config, device)
+    return fit_term_weights(model, data, validation, config, device, progress.history[progress.best_epoch - 1])
 
 
 def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, started: float, served: dict[str, Any] | None) -> TrainResult:
@@ -764,7 +760,7 @@ def _result(out: Path, progress: _Progress, loop: _Loop, inputs: _Inputs, starte
         out=out,
         epochs=len(progress.history),
         best_epoch=progress.best_epoch,
-        metric=_metric_name(loop.training),
+        metric=selection_metric(loop.training),
         best_metric=max(progress.best_metric, 0.0),
         train_samples=inputs.train.height,
         valid_samples=inputs.valid.height if inputs.valid is not None else 0,

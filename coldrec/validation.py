@@ -164,3 +164,13 @@ def evaluate_recall(model: TwoTower, data: EncodedData, valid: ValidationSet, k:
     metrics["valid_items"] = float(n_items)
     model.train(was_training)
     return metrics
+
+
+def selection_metric(training) -> str:
+    """The figure that picks the best epoch (training.select_on), as a key of evaluate_recall."""
+    return f"recall@{training.recall_k}" + ("_mean_views" if training.select_on == "mean_views" else "")
+
+
+def evaluate_for_selection(model: TwoTower, data: EncodedData, valid: ValidationSet, training, device: torch.device) -> dict[str, float]:
+    """evaluate_recall with what training.select_on needs (the cold views for "mean_views")."""
+    return evaluate_recall(model, data, valid, training.recall_k, device, views=training.select_on == "mean_views")

@@ -60,7 +60,9 @@ SCENARIOS = ("warm", "cold_user", "cold_item")
 METRICS = ("recall@20", "ndcg@20")
 SPLIT = ["--holdout-items", "0.2", "--holdout-users", "0.1", "--valid-fraction", "0.2"]
 LIGHTFM = dict(components=64, lr=0.05, epochs=30)
-METHODS = ("coldrec", "LightFM hybrid", "popularity", "planted truth")
+METHODS = ("coldrec", "LightFM hybrid", "coldrec tuned", "LightFM tuned", "popularity", "planted truth")
+DEFAULT_METHODS = [m for m in METHODS if "tuned" not in m]
+PAIRS = (("coldrec", "LightFM hybrid"), ("coldrec tuned", "LightFM tuned"))  # the ratio table's rows
 
 _M = dict(users=15000, items=4000, days=30, exposures_per_day=33000)
 # World name -> `coldrec synth` options (None: MovieLens-100K). S / M / L: ~100k / 1M / 10M exposures.
@@ -131,6 +133,10 @@ class World:
         self.warm_items = np.unique(self.train["item_row"].to_numpy())
         seen = pl.concat([self.frames["train"], self.frames["valid"]]).filter(pl.col("label") == 1)
         self.seen = seen.select(self.user_rows("user_id"), self.item_rows("item_id")).unique()
+        # Validation as coldrec train ranks it: train positives excluded unless also valid ones.
+        valid_positives = self.frames["valid"].filter(pl.col("label") == 1).select(self.user_rows("user_id"), self.item_rows("item_id"))
+        self.train_seen = self.train.filter(pl.col("label") == 1).select("user_row", "item_row").unique().join(
+            valid_positives, on=["user_row", "item_row"], how="anti")
 
     def user_rows(self, column: str) -> pl.Expr:
         return _rows(self.users["user_id"], column, "user_row")
@@ -148,7 +154,12 @@ class World:
                 "users": self.users.height, "items": self.items.height}
 
     def scenario(self, name: str) -> tuple[pl.DataFrame, np.ndarray, pl.DataFrame | None]:
-        """(truth rows, candidate item rows, excluded (user_row, item_row) pairs or None)."""
+        """(truth rows, candidate item rows, excluded (user_row, item_row) pairs or None).
+        "valid" is the validation split as coldrec train ranks it (a tuner's objective): its
+        exposed items, train positives excluded."""
+        if name == "valid":
+            valid = self.frames["valid"]
+            return valid, np.unique(valid.select(self.item_rows("item_id"))["item_row"].drop_nulls().to_numpy()), self.train_seen
         file = {"warm": "test_warm", "cold_user": "test_cold_user", "cold_item": "test_cold_item"}[name]
         if name == "cold_item":
             return self.frames[file], self.held_items, None
@@ -220,36 +231,56 @@ def _deciles(indexed: pl.DataFrame, value: pl.Expr, name: str) -> pl.DataFrame:
     return indexed.select("row", token=pl.lit(f"{name}#") + bucket.cast(pl.Int64).cast(pl.String))
 
 
-def _coo(tokens: pl.DataFrame, n_rows: int, prefix: str) -> dict[str, np.ndarray]:
+def _coo(tokens: pl.DataFrame, vocab: pl.DataFrame, n_rows: int, prefix: str) -> dict[str, np.ndarray]:
     """Rows normalised to sum 1, as LightFM's Dataset(normalize=True)."""
-    vocab = tokens.select("token").unique(maintain_order=True).with_row_index("col")
     entries = tokens.join(vocab, on="token").with_columns((1.0 / pl.len().over("row")).alias("val"))
     return {f"{prefix}_rows": entries["row"].to_numpy().astype(np.int32), f"{prefix}_cols": entries["col"].to_numpy().astype(np.int32),
             f"{prefix}_vals": entries["val"].to_numpy().astype(np.float32), f"{prefix}_shape": np.array([n_rows, vocab.height])}
 
 
-def hybrid_features(table: pl.DataFrame, id_column: str, known_rows: np.ndarray) -> pl.DataFrame:
+def hybrid_features(table: pl.DataFrame, id_column: str, known_rows: np.ndarray, prefix: str) -> dict[str, np.ndarray]:
+    """Identity + content features (PREFIX_...) and the content ones alone over the same
+    columns (PREFIXc_...: how LightFM represents a cold user / item)."""
     identity = pl.DataFrame({"row": known_rows.astype(np.uint32)}).with_columns(token=pl.lit("id:") + pl.col("row").cast(pl.String))
-    return pl.concat([identity, content_tokens(table, id_column)])
+    content = content_tokens(table, id_column)
+    tokens = pl.concat([identity, content])
+    vocab = tokens.select("token").unique(maintain_order=True).with_row_index("col")
+    return {**_coo(tokens, vocab, table.height, prefix), **_coo(content, vocab, table.height, f"{prefix}c")}
 
 
-def lightfm(world: World, peer: Path, seed: int, work: Path) -> tuple[Scorer, float, float]:
+def lightfm_payload(world: World, seed: int) -> dict[str, np.ndarray]:
+    """Train positives and both sides' feature matrices, for bench/lightfm_peer.py."""
     positives = world.train.filter(pl.col("label") == 1).select("user_row", "item_row").unique(maintain_order=True)
-    payload = {
+    return {
         "rows": positives["user_row"].to_numpy().astype(np.int32),
         "cols": positives["item_row"].to_numpy().astype(np.int32),
         "shape": np.array([world.users.height, world.items.height]),
-        "seed": seed, "threads": 1, **LIGHTFM,
-        **_coo(hybrid_features(world.users, "user_id", np.unique(world.train["user_row"].to_numpy())), world.users.height, "u"),
-        **_coo(hybrid_features(world.items, "item_id", world.warm_items), world.items.height, "i"),
+        "seed": seed, "threads": 1,
+        **hybrid_features(world.users, "user_id", np.unique(world.train["user_row"].to_numpy()), "u"),
+        **hybrid_features(world.items, "item_id", world.warm_items, "i"),
     }
+
+
+def run_lightfm(peer: Path, payload: dict[str, np.ndarray], params: dict[str, Any], work: Path) -> tuple[dict[str, np.ndarray], float, float]:
+    """Fit LightFM with `params` in the peer venv: (its representations, wall s, peak RSS MiB)."""
     inp, out = work / "lightfm_in.npz", work / "lightfm_out.npz"
-    np.savez(inp, **payload)
+    np.savez(inp, **payload, **params)
     seconds, rss = measured([str(peer), str(BENCH / "lightfm_peer.py"), str(inp), str(out)], env={**os.environ, "OMP_NUM_THREADS": "1"})
-    result = np.load(out)
-    users = np.hstack([result["user_emb"], np.ones((world.users.height, 1), dtype=np.float32)])
-    items = np.hstack([result["item_emb"], result["item_bias"][:, None]])
-    return dot_scorer(users, items), seconds, rss
+    with np.load(out) as result:
+        return dict(result), seconds, rss
+
+
+def lightfm_vectors(result: dict[str, np.ndarray], users_view: str = "", items_view: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) vectors whose dot product is LightFM's score; view "_c": content only."""
+    users = result[f"user_emb{users_view}"]
+    users = np.hstack([users, np.ones((users.shape[0], 1), dtype=np.float32)])
+    items = np.hstack([result[f"item_emb{items_view}"], result[f"item_bias{items_view}"][:, None]])
+    return users, items
+
+
+def lightfm(world: World, peer: Path, seed: int, work: Path) -> tuple[Scorer, float, float]:
+    result, seconds, rss = run_lightfm(peer, lightfm_payload(world, seed), LIGHTFM, work)
+    return dot_scorer(*lightfm_vectors(result)), seconds, rss
 
 
 def popularity(world: World) -> tuple[Scorer, float, float]:
@@ -284,18 +315,26 @@ def planted(world: World) -> tuple[Scorer, float, float]:
 VALID_KEYS = ("recall@20", "recall@20_item_view", "recall@20_user_view")
 
 
-def coldrec_defaults(world: World, seed: int, work: Path, train_set: dict[str, Any]) -> tuple[Scorer, float, float]:
-    """coldrec's defaults (with `train_set`'s config overrides, if any). The model's own
-    validation figures (its metrics.json: Recall@20 on the valid split as served and with
-    content-only items / users, and the epochs) go to `world.valid`: what a default is chosen on."""
+def content_tables(world: World, work: Path) -> tuple[Path, Path]:
+    """The world's users and items tables as coldrec reads them (written once per task)."""
     users, items = work / "users.parquet", work / "items.parquet"
-    world.users.write_parquet(users)
-    world.items.write_parquet(items)
-    config = []
+    if not items.exists():
+        world.users.write_parquet(users)
+        world.items.write_parquet(items)
+    return users, items
+
+
+def coldrec_defaults(world: World, seed: int, work: Path, train_set: dict[str, Any], config: Path | None = None) -> tuple[Scorer, float, float]:
+    """coldrec's defaults (with `train_set`'s config overrides, or a `config` file, if any). The
+    model's own validation figures (its metrics.json: Recall@20 on the valid split as served and
+    with content-only items / users, and the epochs) go to `world.valid`: what a default is chosen on."""
+    users, items = content_tables(world, work)
     if train_set:
-        (work / "train.toml").write_text(dump_toml(_nested(train_set)))
-        config = ["--config", work / "train.toml"]
-    seconds, rss = coldrec("train", "--samples", world.prep, "--users", users, "--items", items, "--out", work / "model", "--seed", seed, *config)
+        config = work / "train.toml"
+        config.write_text(dump_toml(_nested(train_set)))
+    shutil.rmtree(work / "model", ignore_errors=True)
+    seconds, rss = coldrec("train", "--samples", world.prep, "--users", users, "--items", items, "--out", work / "model", "--seed", seed,
+                           *(["--config", config] if config else []))
     metrics = json.loads((work / "model" / "metrics.json").read_text())
     world.valid = {key: metrics[key] for key in (*VALID_KEYS, "epochs", "best_epoch") if key in metrics}
     for side, table in (("users", users), ("items", items)):
@@ -330,16 +369,20 @@ def make_world(name: str, seed: int, work: Path) -> Path:
     return work / "logs"
 
 
-def run_task(name: str, seed: int, peer: str, root: str, train_set: dict[str, Any], chosen: list[str]) -> dict:
+def run_task(name: str, seed: int, peer: str, root: str, train_set: dict[str, Any], chosen: list[str], budget: str) -> dict:
     """One world at one seed: every method (of `chosen`) on the same split."""
     work = Path(root) / f"{name.replace(' ', '_')}_s{seed}"
     work.mkdir(parents=True)
+    import tuned  # noqa: PLC0415 (it imports this module's helpers)
+
     logs = make_world(name, seed, work)
     coldrec("prepare", "--exposures", logs / "exposures", "--clicks", logs / "clicks", "--out", work / "prep", "--seed", seed, *SPLIT)
     world = World(logs, work / "prep")
     methods = {
         "coldrec": lambda: coldrec_defaults(world, seed, work, train_set),
         "LightFM hybrid": lambda: lightfm(world, Path(peer), seed, work),
+        "coldrec tuned": lambda: tuned.coldrec_tuned(world, seed, work, budget),
+        "LightFM tuned": lambda: tuned.lightfm_tuned(world, Path(peer), seed, work, budget),
         "popularity": lambda: popularity(world),
     }
     if (logs / "truth").is_dir():
@@ -348,11 +391,10 @@ def run_task(name: str, seed: int, peer: str, root: str, train_set: dict[str, An
     for method, fit in methods.items():
         if method not in chosen:
             continue
+        world.valid = {}
         scorer, seconds, rss = fit()
         metrics = {scenario: rank(world, scenario, scorer) for scenario in SCENARIOS}
-        runs[method] = {"metrics": metrics, "train_s": seconds, "rss_mb": rss}
-        if method == "coldrec":
-            runs[method]["valid"] = world.valid
+        runs[method] = {"metrics": metrics, "train_s": seconds, "rss_mb": rss, "valid": world.valid}
     shutil.rmtree(work, ignore_errors=True)
     return {"world": name, "seed": seed, "facts": world.facts(), "runs": runs}
 
@@ -386,14 +428,32 @@ def means(tasks: list[dict]) -> dict:
 
 
 def ratio_table(summary: dict) -> str:
-    header = ["world"] + [f"{s} {m}" for s in SCENARIOS for m in ("R@20", "N@20")] + ["train time"]
+    """coldrec / LightFM per world: the defaults' row, and the tuned row where both were tuned."""
+    header = ["world", "settings"] + [f"{s} {m}" for s in SCENARIOS for m in ("R@20", "N@20")] + ["train time"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for world, methods in summary.items():
-        if "LightFM hybrid" not in methods or "coldrec" not in methods:
-            continue
-        ours, peer = methods["coldrec"], methods["LightFM hybrid"]
-        cells = [f"×{ours[f'{s} {m}'] / peer[f'{s} {m}']:.2f}" if peer[f"{s} {m}"] else "–" for s in SCENARIOS for m in METRICS]
-        lines.append(f"| {world} | " + " | ".join(cells) + f" | ×{ours['train_s'] / peer['train_s']:.1f} |")
+        for ours_name, peer_name in PAIRS:
+            if ours_name not in methods or peer_name not in methods:
+                continue
+            ours, peer = methods[ours_name], methods[peer_name]
+            cells = [f"×{ours[f'{s} {m}'] / peer[f'{s} {m}']:.2f}" if peer[f"{s} {m}"] else "–" for s in SCENARIOS for m in METRICS]
+            settings = "tuned" if "tuned" in ours_name else "defaults"
+            lines.append(f"| {world} | {settings} | " + " | ".join(cells) + f" | ×{ours['train_s'] / peer['train_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def tuned_table(summary: dict) -> str:
+    """Each tuner's validation objective, trials and the settings LightFM's chose."""
+    lines = ["| world | method | valid objective | warm | content-only users | content-only items | trials | search + fit s |", "|---|---|---|---|---|---|---|---|"]
+    views = {"coldrec tuned": ("recall@20", "recall@20_user_view", "recall@20_item_view"),
+             "LightFM tuned": ("warm", "cold_user", "cold_item")}
+    for world, methods in summary.items():
+        for method, keys in views.items():
+            cell = methods.get(method)
+            if cell is None:
+                continue
+            values = " | ".join(f"{cell.get(f'valid {key}', float('nan')):.4f}" for key in ("objective", *keys))
+            lines.append(f"| {world} | {method} | {values} | {cell.get('valid trials', float('nan')):.0f} | {cell['train_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -420,7 +480,7 @@ def full_table(summary: dict, facts: dict) -> str:
                 continue
             cell = methods[method]
             values = [f"{cell[f'{s} {m}']:.4f}" for s in SCENARIOS for m in METRICS]
-            timing = [f"{cell['train_s']:.1f}", f"{cell['rss_mb']:.0f}"] if method in ("coldrec", "LightFM hybrid") else ["–", "–"]
+            timing = [f"{cell['train_s']:.1f}", f"{cell['rss_mb']:.0f}"] if method in (*PAIRS[0], *PAIRS[1]) else ["–", "–"]
             lines.append(f"| {world} | {method} | " + " | ".join(values + timing) + " |")
     lines += ["", "| world | seeds | users | items | train samples | train clicks |", "|---|---|---|---|---|---|"]
     for world, fact in facts.items():
@@ -448,6 +508,8 @@ def report(tasks: list[dict], args, started: float) -> None:
         "",
         ratio_table(summary),
         "",
+        *([f"The tuned rows: each search's validation figures (budget {args.tune} each, one thread):", "", tuned_table(summary), ""]
+          if any("tuned" in m for m in args.methods_parsed) else []),
         "Every method (means over seeds):",
         "",
         full_table(summary, facts),
@@ -456,7 +518,7 @@ def report(tasks: list[dict], args, started: float) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "worlds.md").write_text(text + "\n")
-    (out / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "coldrec_config": args.train_set_parsed,
+    (out / "worlds.json").write_text(json.dumps({"worlds": {w: WORLDS[w] for w in summary}, "lightfm": LIGHTFM, "coldrec_config": args.train_set_parsed, "tune_budget": args.tune,
                                                 "tasks": tasks, "means": summary}, indent=2) + "\n")
 
 
@@ -486,7 +548,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--large", action="store_true", help="also the L world (10M exposures, one seed)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per world (L: 1)")
     parser.add_argument("--jobs", type=int, default=1, help="(world, seed) tasks run at once; each method uses one thread")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from: {', '.join(METHODS)} (tuned ones: bench/tuned.py)")
+    parser.add_argument("--tune", default="30m", metavar="BUDGET", help="wall time of each tuned method's search (default: 30m)")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a `coldrec train` config key for coldrec (repeatable), e.g. training.negative_rate=4")
     parser.add_argument("--out", default=str(OUT), help="directory of worlds.md, worlds.json and worlds.png (default: bench/out)")
@@ -496,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in WORLDS]
     if unknown:
         parser.error(f"unknown world(s) {unknown}; choose from {list(WORLDS)}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = args.methods_parsed = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not set(methods) <= set(METHODS):
         parser.error(f"unknown method(s) {sorted(set(methods) - set(METHODS))}; choose from {list(METHODS)}")
     train_set = args.train_set_parsed = dict(_setting(item, parser) for item in args.train_set)
@@ -512,7 +575,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # spawn, not fork: a forked child inherits polars' thread pool locked (deadlock).
         with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(run_task, n, s, str(peer), root, train_set, methods): (n, s) for n, s in tasks}
+            futures = {pool.submit(run_task, n, s, str(peer), root, train_set, methods, args.tune): (n, s) for n, s in tasks}
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)

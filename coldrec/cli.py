@@ -173,6 +173,9 @@ def prepare(
     holdout_items: Annotated[float, typer.Option(help="Fraction of items held out for test_cold_item, in [0, 1).")] = PrepareOptions.holdout_items,
     holdout_users: Annotated[float, typer.Option(help="Fraction of users held out for test_cold_user, in [0, 1).")] = PrepareOptions.holdout_users,
     seed: Seed = PrepareOptions.seed,
+    min_click_match: Annotated[
+        float, typer.Option(help="Fail (exit 2, nothing written) when fewer than this share of the clicks match an exposure: the logs do not line up. 0 accepts any rate.")
+    ] = PrepareOptions.min_click_match,
     exposures: Annotated[
         Optional[Path],
         typer.Option(help="Parquet file or directory of the exposure log. Leave out for a click-only log: every click becomes a positive sample (coldrec train then trains the in-batch softmax alone)."),
@@ -201,6 +204,7 @@ def prepare(
         holdout_items=holdout_items,
         holdout_users=holdout_users,
         seed=seed,
+        min_click_match=min_click_match,
     )
     _report("prepare", run_prepare(exposures, clicks, out, config))
 
@@ -470,6 +474,31 @@ def recall(
             strict=strict,
         ),
     )
+
+@app.command()
+def inspect(
+    users: InputPath,
+    items: InputPath,
+    samples: Annotated[Optional[Path], typer.Option("--samples", help="Directory written by `coldrec prepare`: adds how many train rows' ids have a content row.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML config of the training run ([features] roles, vocab_min_count, numeric_buckets).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON instead of a Markdown table.")] = False,
+) -> None:
+    """Show how `coldrec train` will read every content column, and why.
+
+    Per column of the users and items tables: the role (categorical, multi_hot, numeric,
+    vector, text or ignore), the reason, distinct values, null share and the share of values
+    with a vocabulary row; warnings where coldrec decided beyond the column's type (a nearly
+    unique string is text or an identifier) and how to override it in [features.roles].
+    See docs/data.md, "How columns are read".
+
+    Example: coldrec inspect --users data/users.parquet --items data/items.parquet --samples prep/
+    """
+    from coldrec.inspection import run_inspect
+
+    result = run_inspect(users, items, samples=samples, config=config)
+    typer.echo(result.to_json() if json_output else result.to_markdown(), nl=False)
+    _report("inspect", result)
+
 
 @app.command()
 def evaluate(

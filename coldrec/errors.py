@@ -65,6 +65,10 @@ class EmptyInput(ColdrecError):
     """A directory without Parquet files, or a table with no rows where rows are needed."""
 
 
+class LogsMismatch(ColdrecError):
+    """The exposure and click logs do not line up (too few clicks match an exposure)."""
+
+
 class SchemaError(ColdrecError):
     """A table violates its column contract; the message lists every problem found."""
 

@@ -33,15 +33,16 @@ import numpy as np
 import polars as pl
 import torch
 
+from coldrec import log
 from coldrec.config import FeaturesConfig
 from coldrec.errors import IncompatibleModel, MissingColumn, SchemaError, WrongDtype
-from coldrec.schema import Role, check_id_types_match, content_role
+from coldrec.roles import check_role_dtype, decide_roles, tokens_of
+from coldrec.schema import check_id_types_match
 
 PAD = 0
 OOV = 1
 FIRST = 2
 STATS_KEY_COLUMNS = ("day", "as_of")
-TOKEN_PATTERN = r"[\p{L}\p{N}]+"
 SIDES = ("user", "item")
 
 
@@ -87,6 +88,7 @@ class EntitySpec:
     stats_std: list[float] = field(default_factory=list)
     stats_log1p: list[bool] = field(default_factory=list)
     pretrained_dim: int = 0  # objective "dropoutnet": id rows are fixed pretrained vectors
+    roles: list[dict[str, Any]] = field(default_factory=list)  # how each content column was read, and why (roles.py)
 
     @property
     def numeric_columns(self) -> list[ColumnSpec]:
@@ -165,43 +167,6 @@ def _qualified(config_map: dict[str, str] | list[str], table: str, column: str) 
     return f"{table}.{column}" in config_map or column in config_map
 
 
-def column_roles(table: pl.DataFrame, id_column: str, config: FeaturesConfig, path: str | Path) -> dict[str, str]:
-    """Role of every content column: by dtype, then the config's overrides ('ignore' drops it)."""
-    table_name = "users" if id_column == "user_id" else "items"
-    roles: dict[str, str] = {}
-    for name, dtype in table.schema.items():
-        if name == id_column:
-            continue
-        override = _qualified(config.roles, table_name, name)
-        default = content_role(dtype)
-        role = override or (default.value if default else None)
-        if role is None:
-            raise WrongDtype(
-                f"{table_name} table: unsupported type {dtype}",
-                path=path,
-                column=name,
-                hint="use string, list[string], numeric or fixed-size list[float], or set its role to 'ignore'",
-            )
-        if role == "ignore":
-            continue
-        _check_role_dtype(role, dtype, table_name, name, path)
-        roles[name] = role
-    return roles
-
-
-def _check_role_dtype(role: str, dtype: pl.DataType, table: str, column: str, path: str | Path) -> None:
-    ok = {
-        "categorical": dtype == pl.String or dtype.is_integer() or dtype == pl.Boolean or isinstance(dtype, (pl.Categorical, pl.Enum)),
-        "text": dtype == pl.String or isinstance(dtype, pl.Categorical),
-        "multi_hot": isinstance(dtype, pl.List) and content_role(dtype) is Role.MULTI_HOT,
-        "numeric": dtype.is_numeric() or dtype == pl.Boolean,
-        "numeric_bucket": dtype.is_numeric() or dtype == pl.Boolean,
-        "vector": content_role(dtype) is Role.VECTOR,
-    }[role]
-    if not ok:
-        raise WrongDtype(f"{table} table: role '{role}' does not fit type {dtype}", path=path, column=column, hint="change the role in [features.roles] or cast the column")
-
-
 def _vocab(values: pl.Series, min_count: int) -> list[str]:
     counts = values.drop_nulls().value_counts(name="n")
     counts = counts.filter(pl.col("n") >= min_count).sort(["n", values.name], descending=[True, False])
@@ -222,10 +187,10 @@ def fit_column(table: pl.DataFrame, name: str, role: str, config: FeaturesConfig
         spec.bag_size = _bag_size(column.list.len(), config.max_bag_size)
     elif role == "text":
         spec.buckets = config.text_buckets
-        spec.bag_size = _bag_size(_tokens(column).list.len(), config.max_bag_size)
+        spec.bag_size = _bag_size(tokens_of(column).list.len(), config.max_bag_size)
     elif role == "numeric":
         spec.log1p = bool(_qualified(config.log1p_columns, table_name, name))
-        values = column.cast(pl.Float64).drop_nulls().to_numpy()
+        values = numeric_values(column).drop_nulls().to_numpy()
         values = values[np.isfinite(values)]
         if spec.log1p:
             values = _signed_log1p(values)
@@ -241,7 +206,7 @@ def fit_column(table: pl.DataFrame, name: str, role: str, config: FeaturesConfig
 def fit_buckets(column: pl.Series, name: str, buckets: int) -> ColumnSpec:
     """Quantile buckets of a numeric column: `buckets - 1` inner quantiles of the finite
     non-null values (linear interpolation), duplicates merged, so at most `buckets` buckets."""
-    values = column.cast(pl.Float64).drop_nulls().to_numpy()
+    values = numeric_values(column).drop_nulls().to_numpy()
     values = values[np.isfinite(values)]
     boundaries: list[float] = []
     if len(values) and buckets > 1:
@@ -253,7 +218,7 @@ def fit_buckets(column: pl.Series, name: str, buckets: int) -> ColumnSpec:
 def bucket_indices(values: pl.Series, boundaries: list[float]) -> np.ndarray:
     """(n,) int64 bucket index: FIRST + number of boundaries <= value; null / non-finite -> OOV
     (the null bucket). Values outside the fitted range clamp to the first / last bucket."""
-    raw = values.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+    raw = numeric_values(values).to_numpy().astype(np.float64, copy=True)
     missing = ~np.isfinite(raw)
     raw[missing] = 0.0
     index = np.searchsorted(np.asarray(boundaries, dtype=np.float64), raw, side="right").astype(np.int64) + FIRST
@@ -273,8 +238,11 @@ def _vector_length(column: pl.Series) -> int:
     return int(lengths.max()) if len(lengths) else 0
 
 
-def _tokens(column: pl.Series) -> pl.Series:
-    return column.cast(pl.String).str.to_lowercase().str.extract_all(TOKEN_PATTERN)
+def numeric_values(column: pl.Series) -> pl.Series:
+    """Float64 values of a numeric column; a date / datetime as its fractional year."""
+    if column.dtype == pl.Date or isinstance(column.dtype, pl.Datetime):
+        return (column.dt.year() + (column.dt.ordinal_day() - 1) / 365.25).cast(pl.Float64)
+    return column.cast(pl.Float64)
 
 
 def fit_stats(stats: pl.DataFrame, id_column: str, used: pl.DataFrame, config: FeaturesConfig) -> tuple[list[str], list[float], list[float], list[bool]]:
@@ -319,7 +287,12 @@ def fit_entity(
     # Content is fitted on the entities the training samples show, so a value seen only on
     # a held-out cold entity is OOV, not an untrained embedding row.
     seen = content.join(train.select(id_column).unique(), on=id_column, how="semi")
-    roles = column_roles(content, id_column, config, content_path)
+    decisions = decide_roles(content, id_column, config, content_path)
+    for decision in decisions:
+        if decision.warning:
+            log.warning(f"{content_path}: {decision.warning}", column=decision.column, role=decision.role)
+    spec.roles = [decision.to_dict() for decision in decisions]
+    roles = {d.column: d.role for d in decisions if d.role != "ignore"}
     for name, role in roles.items():
         spec.columns.append(fit_column(seen, name, role, config, table_name))
     if config.numeric_buckets > 0:
@@ -400,7 +373,7 @@ def check_content_columns(spec: EntitySpec, table: pl.DataFrame, path: str | Pat
                 column=column.name,
                 hint=f"add '{column.name}' (nulls are allowed) or retrain without it",
             )
-        _check_role_dtype(column.role, table.schema[column.name], table_name, column.name, path)
+        check_role_dtype(column.role, table.schema[column.name], table_name, column.name, path)
 
 
 def encode_content(spec: EntitySpec, table: pl.DataFrame, path: str | Path) -> dict[str, torch.Tensor]:
@@ -418,10 +391,10 @@ def encode_content(spec: EntitySpec, table: pl.DataFrame, path: str | Path) -> d
             exploded = values.list.head(column.bag_size)
             out[f"col{i}"] = torch.from_numpy(_pad_bags(exploded, lambda s: _lookup_vocab(s, column.vocab), column.bag_size))
         elif column.role == "text":
-            tokens = _tokens(values).list.head(column.bag_size)
+            tokens = tokens_of(values).list.head(column.bag_size)
             out[f"col{i}"] = torch.from_numpy(_pad_bags(tokens, lambda s: _hash_tokens(s, column.buckets), column.bag_size))
         elif column.role == "numeric":
-            raw = values.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
+            raw = numeric_values(values).to_numpy().astype(np.float64, copy=True)
             missing = ~np.isfinite(raw)
             raw[missing] = 0.0
             if column.log1p:
@@ -493,6 +466,30 @@ def id_indices(spec: EntitySpec, ids: pl.Series) -> np.ndarray:
     frame = pl.DataFrame({spec.id_column: ids})
     joined = frame.join(spec.id_frame(), on=spec.id_column, how="left", maintain_order="left")
     return joined["__id_index"].fill_null(0).to_numpy().astype(np.int64)
+
+
+MISSING_CONTENT_WARNING = 0.1  # share of sample rows whose id has no content row above which train / stats warn
+
+
+def content_coverage(samples: pl.DataFrame | pl.LazyFrame, content: pl.DataFrame | pl.LazyFrame, id_column: str) -> tuple[int, int]:
+    """(sample rows whose id has a row in `content`, sample rows)."""
+    ids = samples.lazy().select(id_column)
+    covered = ids.join(content.lazy().select(id_column).unique(), on=id_column, how="semi")
+    counts = pl.concat([covered.select(pl.len()), ids.select(pl.len())]).collect()["len"]
+    return int(counts[0]), int(counts[1])
+
+
+def warn_missing_content(samples: pl.DataFrame | pl.LazyFrame, content: pl.DataFrame | pl.LazyFrame, id_column: str,
+                         samples_path: str | Path, content_path: str | Path) -> None:
+    """Warn when more than MISSING_CONTENT_WARNING of the sample rows' ids lack a content row."""
+    covered, rows = content_coverage(samples, content, id_column)
+    missing = rows - covered
+    if rows and missing / rows > MISSING_CONTENT_WARNING:
+        log.warning(
+            f"{content_path}: {missing:,} of {rows:,} rows of {samples_path} ({missing / rows:.0%}) have a {id_column} with no row "
+            f"in this table; those ids have no content features — check that both use the same ids (types, hashing) or add their rows",
+            column=id_column, rows_without_content=missing,
+        )
 
 
 def encode_entities(spec: EntitySpec, content: pl.DataFrame, extra_ids: pl.Series | None, path: str | Path) -> EntityTable:

@@ -24,6 +24,7 @@ class PrepareOptions:
     holdout_items: float = 0.0  # items held out for test_cold_item
     holdout_users: float = 0.0  # users held out for test_cold_user
     seed: int = 0
+    min_click_match: float = 0.5  # below this share of clicks matching an exposure, prepare fails
 
 
 @dataclass

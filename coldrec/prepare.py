@@ -42,7 +42,7 @@ import numpy as np
 import polars as pl
 
 from coldrec import io, log, schema
-from coldrec.errors import EmptyInput, UsageError
+from coldrec.errors import EmptyInput, LogsMismatch, UsageError
 from coldrec.options import PrepareOptions
 
 ORPHAN_MODES = ("drop", "keep")
@@ -110,6 +110,7 @@ class PrepareConfig:
     holdout_items: float = PrepareOptions.holdout_items
     holdout_users: float = PrepareOptions.holdout_users
     seed: int = PrepareOptions.seed
+    min_click_match: float = PrepareOptions.min_click_match
 
     @classmethod
     def from_options(
@@ -145,6 +146,8 @@ class PrepareConfig:
         for option, value in (("--holdout-items", self.holdout_items), ("--holdout-users", self.holdout_users)):
             if not 0.0 <= value < 1.0:
                 raise UsageError(f"{option} must lie in [0, 1), got {value}", hint=f"use e.g. {option} 0.1, or 0 for none")
+        if not 0.0 <= self.min_click_match <= 1.0:
+            raise UsageError(f"--min-click-match must lie in [0, 1], got {self.min_click_match}", hint="use e.g. 0.5, or 0 to accept any match rate")
         if self.start and self.end and self.start > self.end:
             raise UsageError(
                 f"--start {self.start} is after --end {self.end}", hint="swap them; both days are inclusive"
@@ -566,6 +569,12 @@ class LabelCounts:
         return self.exposures_read - self.samples_from_exposures
 
     @property
+    def click_match_rate(self) -> float:
+        """Matched clicks / the clicks within range (1.0 without any)."""
+        in_range = self.clicks_matched + self.orphan_clicks
+        return self.clicks_matched / in_range if in_range else 1.0
+
+    @property
     def clicks_read(self) -> int:
         return self.clicks_matched + self.orphan_clicks + self.clicks_after_end
 
@@ -595,7 +604,7 @@ class PrepareResult:
         return (
             f"prepare: {counts.exposures_read:,} exposures -> {self.samples:,} samples "
             f"({counts.duplicates_collapsed:,} duplicates collapsed); {counts.clicks_read:,} clicks: "
-            f"{counts.clicks_matched:,} matched, {counts.orphan_clicks:,} orphan ({orphans}); {splits}; "
+            f"{counts.clicks_matched:,} matched ({counts.click_match_rate:.1%}), {counts.orphan_clicks:,} orphan ({orphans}); {splits}; "
             f"cut {self.time_cut.isoformat()} -> {self.out} ({self.seconds:.1f}s)"
         )
 
@@ -607,6 +616,7 @@ class PrepareResult:
             "duplicates_collapsed": counts.duplicates_collapsed,
             "clicks_read": counts.clicks_read,
             "clicks_matched": counts.clicks_matched,
+            "click_match_rate": round(counts.click_match_rate, 6),
             "orphan_clicks": counts.orphan_clicks,
             "orphan_clicks_kept": self.orphan_clicks_kept,
             "clicks_after_end": counts.clicks_after_end,
@@ -623,15 +633,22 @@ class PrepareResult:
         return fields
 
 
-def _warn_no_overlap(labelled: pl.DataFrame, counts: LabelCounts, clicks_path: Path) -> None:
+def check_click_match(labelled: pl.DataFrame, counts: LabelCounts, exposures: Path, clicks: Path, config: PrepareConfig) -> None:
+    """Fail when fewer than --min-click-match of the clicks in range match an exposure: the
+    logs do not line up (ids typed or hashed differently, time zones, a short window)."""
+    rate = counts.click_match_rate
+    if rate >= config.min_click_match:
+        return
+    in_range = counts.clicks_matched + counts.orphan_clicks
     spans = labelled.group_by(pl.col("role") == ROLE_SAMPLE).agg(pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last"))
     span = {row["role"]: f"{row['first']} .. {row['last']}" for row in spans.iter_rows(named=True)}
-    log.warning(
-        f"{clicks_path}: none of the {counts.clicks_read:,} clicks matched one of the "
-        f"{counts.exposures_read:,} exposures (clicks {span.get(False, '-')}, exposures {span.get(True, '-')}) — "
-        "check that both logs cover the same days and use the same ids and --ts-unit",
-        clicks_read=counts.clicks_read,
-        exposures_read=counts.exposures_read,
+    raise LogsMismatch(
+        f"only {counts.clicks_matched:,} of {in_range:,} clicks ({rate:.1%}) matched one of the {counts.exposures_read:,} exposures "
+        f"of {exposures} within {_format_window(config.attribution_window)} (clicks {span.get(False, '-')}, "
+        f"exposures {span.get(True, '-')}); --min-click-match is {config.min_click_match:g}",
+        path=clicks,
+        hint="check that both logs use the same user_id/item_id values (types, hashing), the same time zone and "
+        "--ts-unit, and an --attribution-window that covers the delay to a click; --min-click-match 0 accepts any rate",
     )
 
 
@@ -710,20 +727,27 @@ def run_prepare(
                 path=exposures,
                 hint="check --start/--end against the days the logs cover",
             )
-        if exposures is not None and counts.clicks_read and not counts.clicks_matched:
-            _warn_no_overlap(labelled, counts, clicks)
+        if exposures is not None:
+            check_click_match(labelled, counts, exposures, clicks, config)
         keep_roles = [ROLE_SAMPLE, ROLE_ORPHAN] if config.orphan_clicks == "keep" else [ROLE_SAMPLE]
         samples = labelled.filter(pl.col("role").is_in(keep_roles)).select(OUTPUT_COLUMNS)
         del labelled  # one copy of the samples in memory at a time
         splits = split_samples(samples, config)
         del samples
+        split_counts = splits.counts(split_names(config))
+        train = split_counts["train"]
+        if train.positives == 0:
+            raise EmptyInput(
+                f"the train split has no positive samples ({train.rows:,} rows, 0 clicks)", path=clicks,
+                hint="check that the click log covers the days before the validation cut and matches the exposures' ids",
+            )
         result = PrepareResult(
             out=out,
             counts=counts,
             orphan_clicks_kept=counts.orphan_clicks if config.orphan_clicks == "keep" else 0,
             time_cut=splits.time_cut,
             warm_cut=splits.warm_cut,
-            splits=splits.counts(split_names(config)),
+            splits=split_counts,
             held_out_users=len(splits.held_users),
             held_out_items=len(splits.held_items),
         )

@@ -295,8 +295,8 @@ def content_role(dtype: pl.DataType) -> Role | None:
         return Role.CATEGORICAL
     if isinstance(dtype, pl.List) and _is_string(dtype.inner):
         return Role.MULTI_HOT
-    if dtype.is_numeric() or dtype == pl.Boolean:
-        return Role.NUMERIC
+    if dtype.is_numeric() or dtype == pl.Boolean or dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        return Role.NUMERIC  # a date: its fractional year
     if _is_float_vector(dtype):
         return Role.VECTOR
     return None
@@ -324,7 +324,7 @@ def check_content_table(frame: pl.LazyFrame, id_column: str, path: str | Path) -
         raise WrongDtype(
             f"{contract.name} table: " + "; ".join(unsupported),
             path=path,
-            hint="content columns must be string, list[string], numeric or fixed-size list[float]",
+            hint="content columns must be string, list[string], numeric, date or fixed-size list[float]",
         )
     stats = frame.select(
         pl.len().alias("rows"),

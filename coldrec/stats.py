@@ -35,6 +35,7 @@ import polars as pl
 
 from coldrec import log
 from coldrec.errors import BadValues, EmptyInput, InputNotFound, MissingColumn, UsageError, WrongDtype
+from coldrec.features import warn_missing_content
 from coldrec.io import (
     Manifest,
     atomic_dir,
@@ -760,6 +761,8 @@ def load_inputs(
     # Integer widths may differ between files (Int32 vs Int64): align content ids to samples.
     users = users.with_columns(pl.col("user_id").cast(id_dtypes["user_id"]))
     items = items.with_columns(pl.col("item_id").cast(id_dtypes["item_id"]))
+    for content, column, path in ((users, "user_id", users_path), (items, "item_id", items_path)):
+        warn_missing_content(history, content, column, samples_dir, path)
 
     # A user's mix is over ITEM category columns; an item's audience over USER columns.
     user_specs = _resolve_specs(

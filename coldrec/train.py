@@ -45,7 +45,7 @@ from coldrec.batches import EpochSampler
 from coldrec.checkpoint import CHECKPOINT_META, checkpoint_dir, load_checkpoint, load_state_into, save_checkpoint
 from coldrec.config import TrainConfig, load_config
 from coldrec.errors import Diverged, EmptyInput, InputNotFound, SchemaError, UsageError, WrongDtype
-from coldrec.features import EncodedData, FeatureSpec, encode_dataset, fit_spec, with_day
+from coldrec.features import EncodedData, FeatureSpec, encode_dataset, fit_spec, warn_missing_content, with_day
 from coldrec.losses import RetrievalLoss, dropoutnet_mse
 from coldrec.model import LoadedModel, TwoTower, build_model, load_model, model_state, write_model_files
 from coldrec.profiles import fill_click_profiles, leave_one_out
@@ -461,6 +461,8 @@ def _read_inputs(samples_dir: Path, users: Path, items: Path, stats: Path | None
     item_table = _read_content(items, "item_id")
     check_id_types_match(train.schema["user_id"], user_table.schema["user_id"], "user_id", users, samples_dir / "train.parquet")
     check_id_types_match(train.schema["item_id"], item_table.schema["item_id"], "item_id", items, samples_dir / "train.parquet")
+    for table, path, column in ((user_table, users, "user_id"), (item_table, items, "item_id")):
+        warn_missing_content(train, table, column, samples_dir / "train.parquet", path)
     user_stats, _ = _read_stats(stats, "user")
     item_stats, _ = _read_stats(stats, "item")
     return _Inputs(samples_dir, users, items, train, valid, user_table, item_table, user_stats, item_stats)
@@ -804,6 +806,11 @@ def _log_epoch(record: dict, epochs: int, metric_name: str) -> None:
     log.event("train_epoch", f"epoch {record['epoch']}/{epochs}: " + ", ".join(parts), **record)
 
 
+def _role_records(spec: FeatureSpec) -> list[dict]:
+    """train_log.jsonl's first lines: how each content column was read, and why (roles.py)."""
+    return [{"event": "column_role", **decision} for side in (spec.user, spec.item) for decision in side.roles]
+
+
 def _write_model_dir(out: Path, step_module: TrainStep, spec: FeatureSpec, config: TrainConfig, normalize: bool, history: list[dict], result: TrainResult, samples_dir, users, items, stats, init_from) -> None:
     metrics = {
         "best_epoch": result.best_epoch,
@@ -815,7 +822,7 @@ def _write_model_dir(out: Path, step_module: TrainStep, spec: FeatureSpec, confi
     }
     # run_train holds the output lock (rank 0) from the start of the run.
     with io.atomic_dir(out) as temp:
-        write_model_files(temp, spec=spec, config=config, state=model_state(step_module.model, step_module.loss), normalize=normalize, metrics=metrics, train_log=history)
+        write_model_files(temp, spec=spec, config=config, state=model_state(step_module.model, step_module.loss), normalize=normalize, metrics=metrics, train_log=[*_role_records(spec), *history])
         io.Manifest(
             command="train",
             parameters={"objective": config.training.objective, "seed": config.training.seed, "epochs": config.training.epochs, "init_from": str(init_from) if init_from else None},

@@ -17,7 +17,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("__main__",),  # python -m coldrec
     ("cli",),  # the command line
     ("pipeline", "tune"),  # every stage, from one config; many trainings, on validation
-    ("train", "recall", "evaluate", "prepare", "synth", "datasets"),  # the stages
+    ("train", "recall", "evaluate", "prepare", "synth", "datasets", "inspection"),  # the stages
     ("tune_report",),  # tune's HTML report
     ("index",),  # stages that others build on
     ("embed",),
@@ -27,6 +27,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("model",),  # the DropoutNet towers, the model directory
     ("served",),  # the served score terms
     ("features",),  # tables -> tensors
+    ("roles",),  # how each content column is read, and why
     ("config",),
     ("losses", "schema", "io"),
     ("errors", "log", "options", "result", "charts"),

@@ -151,7 +151,7 @@ def test_orphan_clicks_dropped_or_kept_as_positives(tmp_path, mode):
     exposures = exposures_frame([("a", 1, at(m)) for m in range(0, 600, 60)])
     clicks = clicks_frame([("a", 1, at(1), 1.0), ("z", 9, at(100), 3.0), ("a", 1, at(45), 1.0)])
     paths = write_logs(tmp_path / "logs", exposures, clicks)
-    result = run_prepare(*paths, tmp_path / "out", PrepareConfig(orphan_clicks=mode))
+    result = run_prepare(*paths, tmp_path / "out", PrepareConfig(orphan_clicks=mode, min_click_match=0.0))  # 1 of 3 match
     assert (result.counts.clicks_matched, result.counts.orphan_clicks) == (1, 2)
     rows = read_all(tmp_path / "out")
     orphans = rows.filter(pl.col("user_id") == "z").vstack(rows.filter(pl.col("ts") == at(45)))
@@ -426,11 +426,25 @@ def test_timestamps_in_milliseconds(run_cli, logs, tmp_path):
     assert read_all(tmp_path / "ok")["label"].sum() == 2
 
 
-def test_clicks_without_overlap_warn_with_counts(run_cli, logs, tmp_path):
-    later = rewrite(logs[1], lambda f: f.with_columns(pl.col("ts") + dt.timedelta(days=30)))
-    code, _, stderr = run_cli("prepare", "--exposures", logs[0], "--clicks", later, "--out", tmp_path / "out")
-    assert code == 0
-    assert "none of the 2 clicks matched one of the 11 exposures" in stderr
+def test_clicks_that_match_no_exposure_fail_and_write_nothing(run_cli, logs, tmp_path):
+    hashed = rewrite(logs[1], lambda f: f.with_columns(pl.col("user_id").hash().cast(pl.String)))  # a pipeline hashing ids
+    stderr = run_bad(run_cli, logs[0], hashed, tmp_path / "out")
+    assert "only 0 of 2 clicks (0.0%) matched one of the 11 exposures" in stderr
+    assert str(logs[0]) in stderr and str(hashed) in stderr and "hashing" in stderr and "--min-click-match" in stderr
+    # Accepting any match rate still refuses a train split without a positive.
+    stderr = run_bad(run_cli, logs[0], hashed, tmp_path / "out", "--min-click-match", "0")
+    assert "the train split has no positive samples" in stderr
+
+
+def test_min_click_match_is_the_threshold(run_cli, logs, tmp_path):
+    half = rewrite(logs[1], lambda f: f.with_columns(pl.when(pl.col("user_id") == "b").then(pl.lit("B")).otherwise(pl.col("user_id")).alias("user_id")))
+    stderr = run_bad(run_cli, logs[0], half, tmp_path / "out", "--min-click-match", "0.6")
+    assert "only 1 of 2 clicks (50.0%)" in stderr
+    code, _, stderr = run_cli("prepare", "--exposures", logs[0], "--clicks", half, "--out", tmp_path / "ok")
+    assert code == 0, stderr
+    assert json.loads((tmp_path / "ok" / "manifest.json").read_text())["parameters"]["min_click_match"] == 0.5
+    stderr = run_bad(run_cli, logs[0], half, tmp_path / "out", "--min-click-match", "1.5")
+    assert "--min-click-match must lie in [0, 1]" in stderr
 
 
 def test_empty_time_range(run_cli, logs, tmp_path):
@@ -483,9 +497,9 @@ def test_single_instant_cannot_be_split(run_cli, tmp_path):
 
 
 def test_integer_ids_of_another_width_keep_the_exposures_type(tmp_path):
-    exposures = exposures_frame([("a", 1, at(0)), ("a", 1, at(90))]).with_columns(pl.col("item_id").cast(pl.Int32))
-    paths = write_logs(tmp_path / "logs", exposures, clicks_frame([("a", 1, at(95), 1.0)]))
+    exposures = exposures_frame([("a", 1, at(0)), ("a", 1, at(90)), ("a", 1, at(200))]).with_columns(pl.col("item_id").cast(pl.Int32))
+    paths = write_logs(tmp_path / "logs", exposures, clicks_frame([("a", 1, at(5), 1.0), ("a", 1, at(95), 1.0)]))
     run_prepare(*paths, tmp_path / "out")
     rows = read_all(tmp_path / "out")
     assert rows.schema["item_id"] == pl.Int32
-    assert rows.select("ts", "label").rows() == [(at(0), 0), (at(90), 1)]
+    assert rows.select("ts", "label").rows() == [(at(0), 1), (at(90), 1), (at(200), 0)]

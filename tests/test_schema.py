@@ -132,8 +132,8 @@ def test_content_table_duplicate_and_null_ids():
 
 
 def test_content_table_unsupported_dtype():
-    frame = pl.DataFrame({"user_id": [1], "signup": [dt.date(2026, 1, 1)]})
-    with pytest.raises(WrongDtype, match="column 'signup' has unsupported type Date"):
+    frame = pl.DataFrame({"user_id": [1], "signup": [dt.time(12, 0)]})  # a date is numeric (its year); a time of day is not
+    with pytest.raises(WrongDtype, match="column 'signup' has unsupported type Time"):
         schema.check_content_table(frame.lazy(), "user_id", "users.parquet")
 
 

@@ -91,7 +91,11 @@ def test_train_writes_a_loadable_model_directory(tiny, tmp_path):
     assert result.epochs == 2 and result.best_epoch >= 1
     for name in ("weights.safetensors", "spec.json", "config.toml", "metrics.json", "train_log.jsonl", "manifest.json"):
         assert (out / name).is_file(), name
-    history = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    roles = [r for r in lines if r.get("event") == "column_role"]
+    assert {(r["table"], r["column"]) for r in roles} == {("users", c) for c in pl.read_parquet(tiny / "synth/users.parquet").columns if c != "user_id"} | {
+        ("items", c) for c in pl.read_parquet(tiny / "synth/items.parquet").columns if c != "item_id"}  # every content column, with its role and why
+    history = [r for r in lines if "epoch" in r]
     assert len(history) == 2
     label = torch.tensor(pl.read_parquet(tiny / "prep/train.parquet")["label"].to_numpy())
     share = EpochSampler(label, TrainConfig().training.negative_rate).positive_share  # clicks of an epoch's rows

@@ -82,20 +82,22 @@ def _sh(args: list[str], **kwargs) -> None:
     subprocess.run(args, check=True, **kwargs)
 
 
-def ensure_movielens(path: str | None) -> Path:
-    """A directory in coldrec's log format (exposures/, clicks/, users.parquet, items.parquet)."""
+def ensure_movielens(path: str | None, engineered: bool = False) -> Path:
+    """A directory in coldrec's log format (exposures/, clicks/, users.parquet, items.parquet):
+    the content columns as distributed, or `coldrec datasets movielens --engineered`'s."""
     from coldrec.datasets import run_movielens
 
     if path is not None:
         path = Path(path)
         if (path / "exposures").is_dir() and (path / "items.parquet").is_file():
             return path
-        out = DATA / "ml-100k-coldrec-from-path"
-        run_movielens(path, out)
+        out = DATA / ("ml-100k-coldrec-from-path" + ("-engineered" if engineered else ""))
+        run_movielens(path, out, engineered=engineered)
         return out
-    out = DATA / "ml-100k-coldrec"
-    if (out / "items.parquet").is_file() and "release_decade" in pl.read_parquet_schema(out / "items.parquet"):
-        return out  # (a conversion from before release_decade is redone)
+    out = DATA / ("ml-100k-coldrec" if engineered else "ml-100k-raw")
+    marker = "release_decade" if engineered else "release_date"
+    if (out / "items.parquet").is_file() and marker in pl.read_parquet_schema(out / "items.parquet"):
+        return out  # (a conversion from before the marker column is redone)
     raw = DATA / "recbole" / "recbole" / "dataset_example" / "ml-100k"
     if not raw.is_dir():
         DATA.mkdir(parents=True, exist_ok=True)
@@ -106,7 +108,7 @@ def ensure_movielens(path: str | None) -> Path:
         with zipfile.ZipFile(wheel) as archive:
             members = [m for m in archive.namelist() if m.startswith("recbole/dataset_example/ml-100k/")]
             archive.extractall(DATA / "recbole", members)
-    run_movielens(raw, out)
+    run_movielens(raw, out, engineered=engineered)
     return out
 
 

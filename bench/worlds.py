@@ -6,7 +6,8 @@
     .venv/bin/python bench/worlds.py --worlds L --out bench/out/large   # L alone, ~40 min
 
 Every world is made by coldrec's own commands: `coldrec synth` (seeded by the run's seed) or
-MovieLens-100K converted by `coldrec datasets movielens` (bench/movielens.py fetches it).
+MovieLens-100K converted by `coldrec datasets movielens` (bench/movielens.py fetches it): the columns as
+GroupLens ships them, or with --engineered the derived ones ("MovieLens-100K engineered", not a default world).
 Each (world, seed) is one task, in the same run for every method:
 1. `coldrec prepare --holdout-items 0.2 --holdout-users 0.1 --valid-fraction 0.2 --seed S`:
    held-out items / users are the cold tests, the last 20% of time is cut in half into valid
@@ -67,7 +68,8 @@ PAIRS = (("coldrec", "LightFM hybrid"), ("coldrec tuned", "LightFM tuned"))  # t
 _M = dict(users=15000, items=4000, days=30, exposures_per_day=33000)
 # World name -> `coldrec synth` options (None: MovieLens-100K). S / M / L: ~100k / 1M / 10M exposures.
 WORLDS: dict[str, dict | None] = {
-    "MovieLens-100K": None,
+    "MovieLens-100K": None,  # the columns as GroupLens ships them (roles read from the data)
+    "MovieLens-100K engineered": None,  # coldrec datasets movielens --engineered: derived columns
     "S": dict(users=1500, items=400, days=30, exposures_per_day=3300),
     "M": dict(_M),
     "M interactions": dict(_M, interactions=True),
@@ -75,7 +77,7 @@ WORLDS: dict[str, dict | None] = {
     "M content-poor": dict(_M, latent_strength=1.5),
     "L": dict(users=150000, items=40000, days=30, exposures_per_day=333000),
 }
-DEFAULT_WORLDS = [name for name in WORLDS if name != "L"]
+DEFAULT_WORLDS = [name for name in WORLDS if name not in ("L", "MovieLens-100K engineered")]
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user rows, item rows) -> (U, I) scores
 
@@ -126,7 +128,7 @@ class World:
         self.logs, self.prep = logs, prep
         self.valid: dict[str, float] = {}  # coldrec's own validation figures, once trained
         self.users = pl.read_parquet(logs / "users.parquet")
-        self.items = pl.read_parquet(logs / "items.parquet").drop("title", strict=False)
+        self.items = pl.read_parquet(logs / "items.parquet")
         self.frames = {p.stem: pl.read_parquet(p) for p in prep.glob("*.parquet")}
         self.train = self.frames["train"].with_columns(self.user_rows("user_id"), self.item_rows("item_id"))
         self.held_items = self.item_index(json.loads((prep / "manifest.json").read_text())["extra"]["held_out_item_ids"])
@@ -221,6 +223,8 @@ def content_tokens(table: pl.DataFrame, id_column: str) -> pl.DataFrame:
             parts.append(indexed.select("row", column).explode(name).select("row", token=pl.lit(f"{name}=") + column.cast(pl.String)))
         elif dtype.is_numeric():
             parts.append(_deciles(indexed, column, name))
+        elif dtype == pl.Date or isinstance(dtype, pl.Datetime):
+            parts.append(_deciles(indexed, column.dt.epoch("d").cast(pl.Float64), name))
         elif isinstance(dtype, pl.Array):
             parts += [_deciles(indexed, column.arr.get(d), f"{name}[{d}]") for d in range(dtype.size)]
     return pl.concat(parts).drop_nulls()
@@ -363,7 +367,7 @@ def _embedding_rows(path: Path, table: pl.DataFrame, key: str) -> np.ndarray:
 def make_world(name: str, seed: int, work: Path) -> Path:
     options = WORLDS[name]
     if options is None:
-        return ensure_movielens(None)
+        return ensure_movielens(None, engineered=name.endswith("engineered"))
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
     coldrec("synth", "--out", work / "logs", "--seed", seed, *flags)
     return work / "logs"
@@ -565,8 +569,9 @@ def main(argv: list[str] | None = None) -> None:
     train_set = args.train_set_parsed = dict(_setting(item, parser) for item in args.train_set)
     started = time.perf_counter()
     peer = ensure_peer_python(args.peer_python)
-    if "MovieLens-100K" in names:
-        ensure_movielens(None)
+    for name in names:
+        if WORLDS[name] is None:
+            ensure_movielens(None, engineered=name.endswith("engineered"))
     # Largest first, so that the last tasks to finish are short ones.
     tasks = sorted(((n, s) for n in dict.fromkeys(names) for s in range(1 if n == "L" else args.seeds)),
                    key=lambda t: -(WORLDS[t[0]] or {}).get("exposures_per_day", 3000) * (WORLDS[t[0]] or {}).get("days", 1))

@@ -130,18 +130,20 @@ def datasets_movielens(
     path: Annotated[Path, typer.Argument(help="Folder with ml-100k.inter/.user/.item (RecBole) or u.data/u.user/u.item (GroupLens).")],
     out: OutDir,
     click_threshold: Annotated[float, typer.Option("--click-threshold", help="Ratings at or above this are clicks.")] = 4.0,
+    engineered: Annotated[bool, typer.Option("--engineered", help="Derived content columns (age group, zip prefix, release year and decade) instead of the columns as distributed.")] = False,
 ) -> None:
     """Convert MovieLens-100K (RecBole or GroupLens files) to coldrec's log format.
 
     Every rating becomes an exposure at its timestamp, ratings >= --click-threshold also a
-    click at the same time; users.parquet and items.parquet carry the content (age, gender,
-    occupation, zip prefix; genres, release year, title). The layout is detected.
+    click at the same time; users.parquet and items.parquet carry the content as GroupLens
+    has it (age, gender, occupation, zip code; title, release date, genres), or with
+    --engineered derived columns. The layout is detected.
 
     Example: coldrec datasets movielens /tmp/rb/recbole/dataset_example/ml-100k --out data/ml100k
     """
     from coldrec.datasets import run_movielens
 
-    _report("datasets movielens", run_movielens(path, out, click_threshold=click_threshold))
+    _report("datasets movielens", run_movielens(path, out, click_threshold=click_threshold, engineered=engineered))
 
 # --------------------------------------------------------------------------- prepare
 

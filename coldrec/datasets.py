@@ -11,12 +11,15 @@ and writes (both layouts give the same tables):
   is an exposure at its timestamp.
 - clicks/part-0.parquet: the same columns plus weight Float32 1.0 — ratings >= the click
   threshold (4) are clicks at the same instant as their exposure.
-- users.parquet: user_id, age Float64, age_group String (MovieLens-1M groups), gender,
-  occupation, zip_prefix (first character of the zip code, upper-cased: the US ZIP
-  national area digit 0-9, or the province letter of a Canadian postal code).
-- items.parquet: item_id, genres List(String), release_year Float64 (null when unknown),
-  release_decade String ("1990s"; null when the year is unknown: a categorical the towers
-  embed, where the standardised year is one linear input), title String (GroupLens titles lose their trailing " (YYYY)" to match RecBole's).
+- users.parquet, the columns as GroupLens has them: user_id, age Int64, gender, occupation,
+  zip_code String (five-digit US ZIP or a Canadian postal code).
+- items.parquet: item_id, title String (GroupLens titles lose their trailing " (YYYY)" to
+  match RecBole's), release_date Date (GroupLens' date; RecBole has only the year: 1 January
+  of it; null when unknown), genres List(String).
+- With `engineered=True` (`--engineered`), the tables coldrec's benchmarks used before roles
+  were inferred from the data: users get age Float64, age_group String (MovieLens-1M
+  groups), zip_prefix (the zip code's first character, upper-cased) instead of zip_code;
+  items genres, release_year Float64, release_decade String ("1990s") and title.
 - manifest.json.
 
 Parsing is vectorised polars over the lines of each file; a malformed line is reported by
@@ -236,7 +239,7 @@ def age_group(age: pl.Expr) -> pl.Expr:
     return expr.otherwise(pl.lit(AGE_GROUP_OLDEST))
 
 
-def _users(files: MovielensFiles) -> pl.DataFrame:
+def _users(files: MovielensFiles, engineered: bool) -> pl.DataFrame:
     columns = ["user_id", "age", "gender", "occupation", "zip"]
     if files.layout == "recbole":
         raw = _recbole_table(
@@ -248,6 +251,8 @@ def _users(files: MovielensFiles) -> pl.DataFrame:
     parsed = _parse_numbers(raw, {"user_id": pl.Int64, "age": pl.Float64}, files.users, nullable=("age",))
     text = [pl.when(pl.col(name) == "").then(None).otherwise(pl.col(name)).alias(name) for name in ("gender", "occupation", "zip")]
     parsed = parsed.with_columns(text)
+    if not engineered:
+        return parsed.select("lineno", "user_id", pl.col("age").cast(pl.Int64), "gender", "occupation", pl.col("zip").alias("zip_code"))
     return parsed.select(
         "lineno",
         "user_id",
@@ -259,12 +264,12 @@ def _users(files: MovielensFiles) -> pl.DataFrame:
     )
 
 
-def _items(files: MovielensFiles) -> pl.DataFrame:
+def _items(files: MovielensFiles, engineered: bool) -> pl.DataFrame:
     if files.layout == "recbole":
         raw = _recbole_table(
             files.items, {"item_id": "item_id", "movie_title": "title", "release_year": "year_text", "class": "genres"}
         )
-        parsed = _parse_numbers(raw, {"item_id": pl.Int64}, files.items)
+        parsed = _parse_numbers(raw, {"item_id": pl.Int64}, files.items).with_columns(pl.lit(None, pl.String).alias("release_date"))
         genres = pl.col("genres").str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
     else:
         names = ["item_id", "title", "release_date", "video_release_date", "url", *[f"g{i}" for i in range(len(GROUPLENS_GENRES))]]
@@ -281,13 +286,18 @@ def _items(files: MovielensFiles) -> pl.DataFrame:
         pl.col("year_text").str.extract(r"^(\d{4})$"),
         pl.col("title").str.extract(_TITLE_YEAR, 1),
     ).cast(pl.Float64)
+    title = pl.col("title").str.replace(_TITLE_YEAR, "").alias("title")
+    if not engineered:
+        day = pl.col("release_date").str.strptime(pl.Date, "%d-%b-%Y", strict=False)
+        january = pl.date(release_year.cast(pl.Int32), 1, 1)
+        return parsed.select("lineno", "item_id", title, pl.coalesce(day, january).alias("release_date"), genres.cast(pl.List(pl.String)).alias("genres"))
     return parsed.select(
         "lineno",
         "item_id",
         genres.cast(pl.List(pl.String)).alias("genres"),
         release_year.alias("release_year"),
         ((release_year // 10 * 10).cast(pl.Int64).cast(pl.String) + "s").alias("release_decade"),
-        pl.col("title").str.replace(_TITLE_YEAR, "").alias("title"),
+        title,
     )
 
 
@@ -304,11 +314,11 @@ def _check_unique(frame: pl.DataFrame, column: str, path: Path) -> None:
         )
 
 
-def convert_movielens(files: MovielensFiles, click_threshold: float = 4.0) -> dict[str, pl.DataFrame]:
+def convert_movielens(files: MovielensFiles, click_threshold: float = 4.0, engineered: bool = False) -> dict[str, pl.DataFrame]:
     """The four output tables of `run_movielens`, in memory."""
     ratings = _ratings(files)
-    users = _users(files)
-    items = _items(files)
+    users = _users(files, engineered)
+    items = _items(files, engineered)
     _check_unique(users, "user_id", files.users)
     _check_unique(items, "item_id", files.items)
     unknown_users = ratings.join(users, on="user_id", how="anti")
@@ -333,13 +343,14 @@ def convert_movielens(files: MovielensFiles, click_threshold: float = 4.0) -> di
     }
 
 
-def run_movielens(path: str | Path, out: str | Path, *, click_threshold: float = 4.0) -> DatasetResult:
-    """Convert a MovieLens-100K folder (RecBole or GroupLens layout) into `out` (atomically)."""
+def run_movielens(path: str | Path, out: str | Path, *, click_threshold: float = 4.0, engineered: bool = False) -> DatasetResult:
+    """Convert a MovieLens-100K folder (RecBole or GroupLens layout) into `out` (atomically):
+    the columns as distributed, or with `engineered` the derived ones (see the module doc)."""
     started = time.monotonic()
     if not (click_threshold == click_threshold) or click_threshold < 0:  # NaN or negative
         raise UsageError(f"--click-threshold must be a rating >= 0, got {click_threshold}", hint="e.g. --click-threshold 4")
     files = detect_movielens(path)
-    tables = convert_movielens(files, click_threshold)
+    tables = convert_movielens(files, click_threshold, engineered)
     exposures = tables["exposures"]
     if tables["clicks"].height == 0:
         log.warning(f"no rating reaches --click-threshold {click_threshold}: clicks/ is empty")
@@ -351,7 +362,7 @@ def run_movielens(path: str | Path, out: str | Path, *, click_threshold: float =
         write_parquet_atomic(tables["items"], temp / "items.parquet")
         Manifest(
             command="coldrec datasets movielens",
-            parameters={"path": str(path), "layout": files.layout, "click_threshold": click_threshold},
+            parameters={"path": str(path), "layout": files.layout, "click_threshold": click_threshold, "engineered": engineered},
             inputs=input_fingerprints(ratings=files.ratings, users=files.users, items=files.items),
             row_counts={name: frame.height for name, frame in tables.items()},
             wall_time_s=round(time.monotonic() - started, 3),

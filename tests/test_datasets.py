@@ -73,7 +73,7 @@ def ts(seconds: int) -> dt.datetime:
 def test_conversion_exact_values(layout: str, tmp_path: Path) -> None:
     source = write_recbole(tmp_path / "src") if layout == "recbole" else write_grouplens(tmp_path / "src")
     out = tmp_path / "out"
-    result = run_movielens(source, out)
+    result = run_movielens(source, out, engineered=True)
     assert result.layout == layout
     assert (result.users, result.items, result.exposures, result.clicks) == (3, 3, 5, 3)
 
@@ -119,9 +119,22 @@ def test_conversion_exact_values(layout: str, tmp_path: Path) -> None:
     assert manifest["row_counts"] == {"exposures": 5, "clicks": 3, "users": 3, "items": 3}
 
 
-def test_both_layouts_give_identical_tables(tmp_path: Path) -> None:
-    run_movielens(write_recbole(tmp_path / "rb"), tmp_path / "a")
-    run_movielens(write_grouplens(tmp_path / "gl"), tmp_path / "b")
+@pytest.mark.parametrize("layout", ["recbole", "grouplens"])
+def test_default_conversion_keeps_the_columns_as_distributed(layout: str, tmp_path: Path) -> None:
+    source = write_recbole(tmp_path / "src") if layout == "recbole" else write_grouplens(tmp_path / "src")
+    run_movielens(source, tmp_path / "out")
+    users = pl.read_parquet(tmp_path / "out" / "users.parquet")
+    assert users.schema == pl.Schema({"user_id": pl.Int64, "age": pl.Int64, "gender": pl.String, "occupation": pl.String, "zip_code": pl.String})
+    assert users["zip_code"].to_list() == ["85711", "t8h1n", "02139"]  # as given
+    items = pl.read_parquet(tmp_path / "out" / "items.parquet")
+    assert items.schema == pl.Schema({"item_id": pl.Int64, "title": pl.String, "release_date": pl.Date, "genres": pl.List(pl.String)})
+    assert items.select("title", "release_date").rows() == [("Toy Story", dt.date(1995, 1, 1)), ("Misérables, Les", dt.date(1995, 1, 1)), ("unknown", None)]
+
+
+@pytest.mark.parametrize("engineered", [False, True])
+def test_both_layouts_give_identical_tables(tmp_path: Path, engineered: bool) -> None:
+    run_movielens(write_recbole(tmp_path / "rb"), tmp_path / "a", engineered=engineered)
+    run_movielens(write_grouplens(tmp_path / "gl"), tmp_path / "b", engineered=engineered)
     for name in ("exposures", "clicks", "users.parquet", "items.parquet"):
         assert_frame_equal(pl.read_parquet(tmp_path / "a" / name), pl.read_parquet(tmp_path / "b" / name))
 
@@ -131,7 +144,7 @@ def test_recbole_quirks_unknown_year_and_year_in_title(tmp_path: Path) -> None:
     inter = source / "ml-100k.item"
     # RecBole's item 1412 has release_year 'V' and the year left in its title.
     inter.write_text(inter.read_text() + "40\tLand Before Time III: The Time of the Great Giving (1995)\tV\tAnimation\n")
-    run_movielens(source, tmp_path / "out")
+    run_movielens(source, tmp_path / "out", engineered=True)
     items = {row[0]: row for row in pl.read_parquet(tmp_path / "out" / "items.parquet").rows()}
     assert items[30][2] is None and items[30][3] is None
     assert items[40][2] == 1995.0 and items[40][3] == "1990s" and items[40][4] == "Land Before Time III: The Time of the Great Giving"

@@ -120,7 +120,10 @@ def svg_line_chart(title: str, xs: Sequence[int], ys: Sequence[float], marks: Se
             out.append(
                 f'<circle cx="{px(k):.1f}" cy="{py(y):.1f}" r="4" fill="{PALETTE[1]}"><title>{html.escape(mark_label.format(x=k))}: {y:.4f}</title></circle>'
             )
-            out.append(f'<text x="{px(k) + 6:.1f}" y="{py(y) - 6:.1f}">{y:.3f}</text>')
+            # A label near the right edge ends left of its dot, so the SVG never clips it.
+            anchor = 'text-anchor="end"' if px(k) > left + 0.85 * plot_w else 'text-anchor="start"'
+            x_text = px(k) - 6 if "end" in anchor else px(k) + 6
+            out.append(f'<text x="{x_text:.1f}" y="{py(y) - 6:.1f}" {anchor}>{y:.3f}</text>')
     out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#555"/>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">{html.escape(x_label)}</text>')
     out.append("</svg>")

@@ -662,6 +662,16 @@ def _user_bucket_rows(
     return rows, edges
 
 
+def _warn_short_lists(recs: Recs, ks: Sequence[int], path: str | Path) -> None:
+    """Say so when every list is shorter than a K: its @K metrics equal the list length's."""
+    longest = int(recs.rows["position"].max() or 0) if recs.rows.height else 0  # type: ignore[arg-type]
+    beyond = [k for k in ks if k > longest]
+    if recs.rows.height and beyond:
+        log.warning(f"{path}: the longest recommendation list has {longest} items, fewer than K = {', '.join(map(str, beyond))}: "
+                    f"those metrics count only the first {longest} — recall at least --k {max(ks)} items to measure @{max(ks)}",
+                    longest_list=longest)
+
+
 def run_evaluate(
     recs: str | Path,
     truth: str | Path,
@@ -697,6 +707,7 @@ def run_evaluate(
             )
 
     metrics = evaluate_frames(recs_frame, truth_frame, ks=cutoffs, train=train_frame, recs_path=recs)
+    _warn_short_lists(recs_frame, cutoffs, recs)
     if metrics["users_evaluated"] == 0:
         log.warning(f"{truth}: no positives (label 1) in the truth; every metric is empty")
     result = EvaluateResult(

@@ -496,7 +496,8 @@ def _write_forest(
             if position % 65536 == 65535:
                 bar.advance(65536)
     log.info(f"building {trees} trees over {len(vectors)} items")
-    forest.build(trees, n_jobs=threads)
+    with log.progress(f"building {trees} trees", None):  # one call into Annoy: an indeterminate bar
+        forest.build(trees, n_jobs=threads)
     if not on_disk_build:
         forest.save(str(path))
     forest.unload()

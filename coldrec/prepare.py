@@ -712,8 +712,9 @@ def run_prepare(
     if exposures is None:
         config = dataclasses.replace(config, orphan_clicks="keep")  # every click is a sample
         log.info("prepare: no exposure log: every click becomes a positive sample (no negatives)")
-    with io.output_lock(out, "coldrec prepare"):
+    with io.output_lock(out, "coldrec prepare"), log.progress("prepare", total=2 + len(split_names(config))) as bar:
         labelled = label_logs(exposures, clicks, config)
+        bar.advance(1, status="labelled")
         counts = LabelCounts.of(labelled)
         if exposures is None and counts.orphan_clicks == 0:
             raise EmptyInput(
@@ -734,6 +735,7 @@ def run_prepare(
         del labelled  # one copy of the samples in memory at a time
         splits = split_samples(samples, config)
         del samples
+        bar.advance(1, status="split")
         split_counts = splits.counts(split_names(config))
         train = split_counts["train"]
         if train.positives == 0:
@@ -758,6 +760,7 @@ def run_prepare(
                 splits.samples.lazy().filter(pl.col("split") == name).drop("split").sink_parquet(
                     temp / f"{name}.parquet", compression="zstd", compression_level=1
                 )
+                bar.advance(1, status=f"{name} written")
             result.seconds = time.perf_counter() - started
             io.Manifest(
                 command="prepare",

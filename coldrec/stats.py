@@ -585,43 +585,47 @@ def write_stats(
     """
     import pyarrow.parquet as pq
 
-    facts = prior_facts(history)
-    log.debug("stats: prior computed")
-    scratch = directory / "_scratch"
-    scratch.mkdir()
-    meetings_path = scratch / "first_meetings.parquet"
-    first_meetings(history).sink_parquet(meetings_path, engine="streaming")
-    row_counts: dict[str, int] = {}
-    partitions: dict[str, int] = {}
-    for side, specs, content, stats_name, latest_name in (
-        (USER_SIDE, user_specs, items, USER_STATS_FILE, USER_LATEST_FILE),
-        (ITEM_SIDE, item_specs, users, ITEM_STATS_FILE, ITEM_LATEST_FILE),
-    ):
-        log.debug(f"stats: {side.id_column} daily counts")
-        daily_path = scratch / f"daily_{side.id_column}.parquet"
-        _side_daily(history, side, specs, content, pl.scan_parquet(meetings_path)).sink_parquet(
-            daily_path, engine="streaming"
-        )
-        daily_rows = pl.scan_parquet(daily_path).select(pl.len()).collect().item()
-        count = max(1, math.ceil(daily_rows / rows_per_partition))
-        partitions[side.id_column] = count
-        log.debug(f"stats: {daily_rows:,} {side.id_column} daily rows in {count} partition(s)")
-        writers: dict[str, Any] = {}
-        row_counts[stats_name] = row_counts[latest_name] = 0
-        try:
-            parts = iter_side_stats(
-                pl.scan_parquet(daily_path), side, windows, specs, facts, prior_strength, count
+    with log.progress("stats", total=5) as bar:  # first meetings; per side: daily counts, windows
+        facts = prior_facts(history)
+        log.debug("stats: prior computed")
+        scratch = directory / "_scratch"
+        scratch.mkdir()
+        meetings_path = scratch / "first_meetings.parquet"
+        first_meetings(history).sink_parquet(meetings_path, engine="streaming")
+        bar.advance(1, status="first meetings")
+        row_counts: dict[str, int] = {}
+        partitions: dict[str, int] = {}
+        for side, specs, content, stats_name, latest_name in (
+            (USER_SIDE, user_specs, items, USER_STATS_FILE, USER_LATEST_FILE),
+            (ITEM_SIDE, item_specs, users, ITEM_STATS_FILE, ITEM_LATEST_FILE),
+        ):
+            log.debug(f"stats: {side.id_column} daily counts")
+            daily_path = scratch / f"daily_{side.id_column}.parquet"
+            _side_daily(history, side, specs, content, pl.scan_parquet(meetings_path)).sink_parquet(
+                daily_path, engine="streaming"
             )
-            for stats, latest in parts:
-                for name, frame in ((stats_name, stats), (latest_name, latest)):
-                    table = frame.to_arrow()
-                    if name not in writers:
-                        writers[name] = pq.ParquetWriter(directory / name, table.schema, compression="zstd")
-                    writers[name].write_table(table)
-                    row_counts[name] += frame.height
-        finally:
-            for writer in writers.values():
-                writer.close()
+            bar.advance(1, status=f"{side.id_column} daily counts")
+            daily_rows = pl.scan_parquet(daily_path).select(pl.len()).collect().item()
+            count = max(1, math.ceil(daily_rows / rows_per_partition))
+            partitions[side.id_column] = count
+            log.debug(f"stats: {daily_rows:,} {side.id_column} daily rows in {count} partition(s)")
+            writers: dict[str, Any] = {}
+            row_counts[stats_name] = row_counts[latest_name] = 0
+            try:
+                parts = iter_side_stats(
+                    pl.scan_parquet(daily_path), side, windows, specs, facts, prior_strength, count
+                )
+                for stats, latest in parts:
+                    for name, frame in ((stats_name, stats), (latest_name, latest)):
+                        table = frame.to_arrow()
+                        if name not in writers:
+                            writers[name] = pq.ParquetWriter(directory / name, table.schema, compression="zstd")
+                        writers[name].write_table(table)
+                        row_counts[name] += frame.height
+                    bar.advance(1 / count, status=f"{side.id_column} windows")
+            finally:
+                for writer in writers.values():
+                    writer.close()
     shutil.rmtree(scratch)
     return WrittenStats(row_counts, partitions, facts.first_day, facts.as_of, facts.ctr_prior)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -162,3 +163,9 @@ def test_every_stage_flag_defaults_to_its_option_in_coldrec_options():
                 assert (value.value if isinstance(value, Enum) else value) == option.default, (stage, option.name)
                 checked += 1
     assert checked >= 18
+
+
+def test_shell_completion_is_on():
+    env = {**os.environ, "_COLDREC_COMPLETE": "complete_bash", "COMP_WORDS": "coldrec insp", "COMP_CWORD": "1"}
+    done = subprocess.run([sys.executable, "-m", "coldrec"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["inspect"], done.stderr

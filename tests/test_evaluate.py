@@ -414,3 +414,24 @@ def test_duplicate_rank_in_unsorted_file_is_found(tmp_path: Path) -> None:
     truth = write_samples(tmp_path / "truth.parquet", [(1, 2, 1)])
     with pytest.raises(DuplicateIds):
         run_evaluate(tmp_path / "recs.parquet", truth)
+
+
+def test_lists_shorter_than_k_are_said_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recs = write_recs(tmp_path / "recs.parquet", {1: [10, 11, 12], 2: [10, 13]})
+    truth = write_samples(tmp_path / "truth.parquet", [(1, 12, 1), (2, 14, 1)])
+    code, _, err = run_cli(["evaluate", "--recs", str(recs), "--truth", str(truth), "--k", "2,3,20,100"], capsys)
+    assert code == 0, err
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "longest recommendation list has 3 items, fewer than K = 20, 100" in warnings[0]
+    code, _, err = run_cli(["evaluate", "--recs", str(recs), "--truth", str(truth), "--k", "3"], capsys)
+    assert "warning:" not in err
+
+
+def test_recall_curve_labels_stay_inside_the_plot() -> None:
+    from coldrec.charts import svg_line_chart
+
+    svg = ET.fromstring(svg_line_chart("Recall@k", list(range(1, 101)), [k / 100 for k in range(1, 101)], [10, 100]))
+    width = float(svg.get("width"))
+    labels = {t.text: t for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.text in ("0.100", "1.000")}
+    assert labels["1.000"].get("text-anchor") == "end" and float(labels["1.000"].get("x")) < width - 20  # ends left of the last dot
+    assert labels["0.100"].get("text-anchor") == "start"

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from coldrec import __version__, log
-from coldrec.errors import EXIT_BAD_INPUT, EXIT_UNEXPECTED, ColdrecError
+from coldrec.errors import EXIT_BAD_INPUT, EXIT_UNEXPECTED, ColdrecError, UsageError
 from coldrec.options import EmbedOptions, IndexOptions, PrepareOptions, RecallOptions, StatsOptions, TuneOptions
 
 app = typer.Typer(
@@ -476,6 +476,36 @@ def recall(
             strict=strict,
         ),
     )
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="Model directory (e.g. a pipeline's ROOT/current/train: it follows the link).")],
+    index: Annotated[Path, typer.Option("--index", help="Index directory built from that model's item embeddings (e.g. ROOT/current/index).")],
+    users: Annotated[Optional[Path], typer.Option("--users", help="Users table: its users are served by user_id, embedded as `coldrec embed` would.")] = None,
+    stats: Annotated[Optional[Path], typer.Option("--stats", help="Stats directory: the known users' latest statistics.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the model and index).")] = 1,
+    reload_every: Annotated[float, typer.Option("--reload-every", help="Seconds between checks for a moved model/index (0: never).")] = 1.0,
+) -> None:
+    """Serve recommendations over HTTP: known users, brand-new users and new items at once.
+
+    POST /recommend {"user_id": ID} or {"user": {attributes}} with "k" and "exclude";
+    POST /items {"items": [{"item_id": ID, attributes}]} embeds new items into the index's
+    delta (kept across restarts); GET /healthz, /version, /metrics (Prometheus). When the
+    model or index directory moves (a pipeline's current link), the server switches between
+    requests. Needs the serve extra: pip install 'coldrec[serve]'. See docs/operations.md.
+
+    Example: coldrec serve --model pipe/current/train --index pipe/current/index --users data/users.parquet --port 8000
+    """
+    try:
+        from coldrec.serve import run_serve
+    except ImportError as error:
+        raise UsageError(f"coldrec serve needs FastAPI and uvicorn ({error.name} is missing)", hint="pip install 'coldrec[serve]'") from None
+    if workers < 1 or not 0 < port < 65536 or reload_every < 0:
+        raise UsageError("--workers must be >= 1, --port in 1..65535 and --reload-every >= 0", hint="e.g. --workers 2 --port 8000")
+    run_serve(model, index, users=users, stats=stats, host=host, port=port, workers=workers, reload_every=reload_every)
+
 
 @app.command()
 def inspect(

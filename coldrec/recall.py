@@ -496,7 +496,7 @@ def run_recall(
     if exclude is not None:
         offsets, excluded = load_exclusions(exclude, user_ids, loaded)
 
-    plan = _plan(loaded, k=k, exact=exact, search_k=search_k, threads=threads, fresh_quota=fresh_quota, fresh_days=fresh_days, as_of=as_of)
+    plan = make_plan(loaded, k=k, exact=exact, search_k=search_k, threads=threads, fresh_quota=fresh_quota, fresh_days=fresh_days, as_of=as_of)
     empty = _batch_frame(user_ids.clear(), loaded, np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32))
     sink = _Sink(out_text, fmt, stdout or sys.stdout)
     batches = _recall_batches(plan, user_ids, vectors, offsets, excluded, batch_users)
@@ -599,7 +599,7 @@ def _check_fingerprints(embeddings: Embeddings, loaded: LoadedIndex, strict: boo
     log.warning(f"{message}; scores may be meaningless (pass --strict to refuse)")
 
 
-def _plan(
+def make_plan(
     loaded: LoadedIndex,
     *,
     k: int,

@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "coldrec"
 FLOORS: list[tuple[str, ...]] = [
     ("__main__",),  # python -m coldrec
     ("cli",),  # the command line
-    ("pipeline", "tune"),  # every stage, from one config; many trainings, on validation
+    ("pipeline", "tune", "serve"),  # every stage, from one config; many trainings, on validation; HTTP
+    ("serving",),  # a model and index pair, answered per request
     ("train", "recall", "evaluate", "prepare", "synth", "datasets", "inspection"),  # the stages
     ("tune_report",),  # tune's HTML report
     ("index",),  # stages that others build on

@@ -63,6 +63,7 @@ class ColumnSpec:
     std: float = 1.0
     log1p: bool = False
     boundaries: list[float] = field(default_factory=list)  # numeric_bucket: ascending inner quantiles
+    rare_tokens_oov: bool = False  # text: tokens outside `vocab` (the frequent ones) -> OOV (False: models before 0.2 hash every token)
 
     @property
     def cardinality(self) -> int:
@@ -186,8 +187,13 @@ def fit_column(table: pl.DataFrame, name: str, role: str, config: FeaturesConfig
         spec.vocab = _vocab(column.explode().rename(name), config.vocab_min_count)
         spec.bag_size = _bag_size(column.list.len(), config.max_bag_size)
     elif role == "text":
+        tokens = tokens_of(column)
         spec.buckets = config.text_buckets
-        spec.bag_size = _bag_size(tokens_of(column).list.len(), config.max_bag_size)
+        spec.bag_size = _bag_size(tokens.list.len(), config.max_bag_size)
+        # Tokens in fewer than vocab_min_count rows share the OOV slot, as rare categories do:
+        # hashed one by one, a title's unique words would be an item id in disguise.
+        spec.vocab = _vocab(tokens.list.unique().explode().rename(name), config.vocab_min_count)
+        spec.rare_tokens_oov = True
     elif role == "numeric":
         spec.log1p = bool(_qualified(config.log1p_columns, table_name, name))
         values = numeric_values(column).drop_nulls().to_numpy()
@@ -392,7 +398,7 @@ def encode_content(spec: EntitySpec, table: pl.DataFrame, path: str | Path) -> d
             out[f"col{i}"] = torch.from_numpy(_pad_bags(exploded, lambda s: _lookup_vocab(s, column.vocab), column.bag_size))
         elif column.role == "text":
             tokens = tokens_of(values).list.head(column.bag_size)
-            out[f"col{i}"] = torch.from_numpy(_pad_bags(tokens, lambda s: _hash_tokens(s, column.buckets), column.bag_size))
+            out[f"col{i}"] = torch.from_numpy(_pad_bags(tokens, lambda s: _hash_tokens(s, column), column.bag_size))
         elif column.role == "numeric":
             raw = numeric_values(values).to_numpy().astype(np.float64, copy=True)
             missing = ~np.isfinite(raw)
@@ -415,9 +421,12 @@ def _lookup_vocab(values: pl.Series, vocab: list[str]) -> np.ndarray:
     return pl.select(pl.when(values.is_null()).then(PAD).otherwise(mapped)).to_series().to_numpy().astype(np.int64)
 
 
-def _hash_tokens(tokens: pl.Series, buckets: int) -> np.ndarray:
+def _hash_tokens(tokens: pl.Series, column: ColumnSpec) -> np.ndarray:
+    """Hash bucket of each token (crc32 % buckets + FIRST); a rare one (not in the fitted
+    vocabulary, when the column filters them) is OOV."""
     unique = tokens.drop_nulls().unique().to_list()
-    mapping = {token: zlib.crc32(token.encode("utf-8")) % buckets + FIRST for token in unique}
+    frequent = set(column.vocab) if column.rare_tokens_oov else None
+    mapping = {token: zlib.crc32(token.encode("utf-8")) % column.buckets + FIRST if frequent is None or token in frequent else OOV for token in unique}
     return tokens.replace_strict(mapping, default=PAD, return_dtype=pl.Int64).to_numpy().astype(np.int64)
 
 

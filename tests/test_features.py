@@ -146,9 +146,11 @@ def test_dense_vectors_and_hashed_text():
         return zlib.crc32(token.encode()) % 16 + 2
 
     text = tensors["col1"].tolist()
-    assert text[0] == [bucket("red"), bucket("fox")]  # lower-cased tokens
-    assert text[1] == [bucket("red"), bucket("hat")]
+    assert text[0] == [bucket("red"), 1]  # lower-cased tokens; "fox", in one title only, is OOV (1)
+    assert text[1] == [bucket("red"), 1]
     assert text[2] == [0, 0]  # null title
+    every = fit_spec(_train(), _users(), _items(), _config(vocab_min_count=1))  # every token frequent enough
+    assert encode_content(every.item, _items(), "items")["col1"].tolist()[:2] == [[bucket("red"), bucket("fox")], [bucket("red"), bucket("hat")]]
 
 
 def test_wrong_vector_length_and_missing_column_name_file_and_column():

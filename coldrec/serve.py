@@ -146,23 +146,24 @@ def app_from_env() -> FastAPI:
     return _build(**settings)
 
 
-def _build(model: str, index: str, users: str | None, stats: str | None, reload_every: float) -> FastAPI:
+def _build(model: str, index: str, users: str | None, stats: str | None, reload_every: float, search: str = "auto") -> FastAPI:
     import torch
 
     torch.set_num_threads(1)  # one request's embedding is tiny; workers scale across cores
-    served = Served(Path(model), Path(index), Path(users) if users else None, Path(stats) if stats else None)
+    exact = {"auto": None, "exact": True, "annoy": False}[search]
+    served = Served(Path(model), Path(index), Path(users) if users else None, Path(stats) if stats else None, exact=exact)
     log.info(f"serve: model {served.pair.fingerprint} / index {served.pair.build_id}: {served.pair.index.count:,} items, "
              f"{len(served.pair.user_rows):,} known users")
     return create_app(served, reload_every)
 
 
 def run_serve(model: Path, index: Path, *, users: Path | None = None, stats: Path | None = None, host: str = "127.0.0.1",
-              port: int = 8000, workers: int = 1, reload_every: float = 1.0) -> None:
+              port: int = 8000, workers: int = 1, reload_every: float = 1.0, search: str = "auto") -> None:
     """Serve until interrupted. Bad inputs raise before the port is opened."""
     import uvicorn
 
     settings = {"model": str(model), "index": str(index), "users": str(users) if users else None,
-                "stats": str(stats) if stats else None, "reload_every": reload_every}
+                "stats": str(stats) if stats else None, "reload_every": reload_every, "search": search}
     if workers == 1:
         uvicorn.run(_build(**settings), host=host, port=port, log_level="warning", access_log=False)
         return

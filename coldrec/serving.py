@@ -64,10 +64,10 @@ class Pair:
                 "index_dir": str(self.index_dir), "items": self.index.count - len(self.index.superseded), "known_users": len(self.user_rows)}
 
 
-def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path | None, reuse: Pair | None = None) -> Pair:
+def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path | None, reuse: Pair | None = None, exact: bool | None = None) -> Pair:
     """Load and check a model / index pair (IncompatibleModel when the index was built from
     another model's embeddings). `reuse`: a pair of the same model, whose model and known
-    users are taken as they are."""
+    users are taken as they are. `exact`: brute force / Annoy / None = by the index's size."""
     model_dir, index_dir = model_dir.resolve(), index_dir.resolve()
     model = reuse.model if reuse is not None else load_model(model_dir)
     fingerprint = model_fingerprint(model)
@@ -84,7 +84,7 @@ def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path 
         known = embed_entities(model, users=users, stats=stats)
         user_rows = {user: row for row, user in enumerate(known.ids.to_list())}
         user_vectors = known.vectors
-    plan = make_plan(index, k=MAX_K, exact=None, search_k=None, threads=1, fresh_quota=0.0, fresh_days=1, as_of=None)
+    plan = make_plan(index, k=MAX_K, exact=exact, search_k=None, threads=1, fresh_quota=0.0, fresh_days=1, as_of=None)
     positions = {item: position for position, item in enumerate(index.item_ids.to_list())}
     return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions)
 
@@ -171,9 +171,9 @@ def coerce_id(value: Any, dtype: pl.DataType) -> Any:
 class Served:
     """The pair being served, its reload, and the additions to its index."""
 
-    def __init__(self, model_dir: Path, index_dir: Path, users: Path | None = None, stats: Path | None = None) -> None:
-        self.model_dir, self.index_dir, self.users, self.stats = Path(model_dir), Path(index_dir), users, stats
-        self.pair = load_pair(self.model_dir, self.index_dir, users, stats)
+    def __init__(self, model_dir: Path, index_dir: Path, users: Path | None = None, stats: Path | None = None, exact: bool | None = None) -> None:
+        self.model_dir, self.index_dir, self.users, self.stats, self.exact = Path(model_dir), Path(index_dir), users, stats, exact
+        self.pair = load_pair(self.model_dir, self.index_dir, users, stats, exact=exact)
         self._reload = threading.Lock()
         self.reloads = 0
 
@@ -191,7 +191,7 @@ class Served:
         with self._reload:
             try:
                 reuse = pair if model_dir == pair.model_dir else None
-                fresh = load_pair(model_dir, index_dir, self.users, self.stats, reuse=reuse)
+                fresh = load_pair(model_dir, index_dir, self.users, self.stats, reuse=reuse, exact=self.exact)
             except ColdrecError as error:
                 log.warning(f"serve: kept model {pair.fingerprint} / index {pair.build_id}: {error}")
                 return False
@@ -213,5 +213,5 @@ class Served:
                 path = write_embeddings(Path(work) / "items.parquet", table["item_id"], np.asarray(vectors), np.ones(len(table), dtype=bool),
                                         model_fingerprint=pair.fingerprint, first_seen=pl.Series([dt.datetime.now(dt.timezone.utc).date()] * len(table)))
                 add_to_index(path, pair.index_dir)
-            self.pair = load_pair(pair.model_dir, pair.index_dir, self.users, self.stats, reuse=pair)
+            self.pair = load_pair(pair.model_dir, pair.index_dir, self.users, self.stats, reuse=pair, exact=self.exact)
         return len(table)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coldrec import __version__, log
 from coldrec.errors import ColdrecError
+from coldrec.row_inputs import BadRow
 from coldrec.serving import MAX_K, BadRequest, Served, UnknownId, recommend, user_query
 
 MAX_BODY = 1 << 20  # bytes of a request body
@@ -116,7 +117,8 @@ def _instrument(app: FastAPI) -> None:
         return _error(422, f"{field}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(BadRequest)
-    async def bad_request(_: Request, error: BadRequest) -> JSONResponse:
+    @app.exception_handler(BadRow)
+    async def bad_request(_: Request, error: ValueError) -> JSONResponse:
         return _error(422, str(error))
 
     @app.exception_handler(UnknownId)

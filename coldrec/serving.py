@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from coldrec import io, log
 from coldrec.embed import embed_entities, model_fingerprint, normalise_rows, write_embeddings
@@ -32,6 +33,7 @@ from coldrec.errors import ColdrecError, IncompatibleModel
 from coldrec.index import LoadedIndex, add_to_index, load_index
 from coldrec.model import LoadedModel, load_model
 from coldrec.recall import RecallPlan, make_plan, search_batch
+from coldrec.row_inputs import RowEncoder
 
 MAX_K = 1000
 
@@ -58,6 +60,7 @@ class Pair:
     user_rows: dict[Any, int]  # known user id -> row of user_vectors
     user_vectors: np.ndarray  # (users, dim)
     item_positions: dict[Any, int]  # item id -> global index position
+    new_users: RowEncoder  # a new user's attributes -> the user tower's content-only inputs
 
     def version(self) -> dict[str, Any]:
         return {"model": self.fingerprint, "model_dir": str(self.model_dir), "index": self.build_id,
@@ -86,7 +89,8 @@ def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path 
         user_vectors = known.vectors
     plan = make_plan(index, k=MAX_K, exact=exact, search_k=None, threads=1, fresh_quota=0.0, fresh_days=1, as_of=None)
     positions = {item: position for position, item in enumerate(index.item_ids.to_list())}
-    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions)
+    encoder = reuse.new_users if reuse is not None else RowEncoder(model.spec.user)
+    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoder)
 
 
 def content_frame(model: LoadedModel, side: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -153,9 +157,13 @@ def user_query(pair: Pair, user_id: Any | None, content: dict[str, Any] | None) 
         if row is None:
             raise UnknownId(f"unknown user_id {user_id!r}: send the user's content attributes as 'user' instead")
         return pair.user_vectors[row], False
-    table = content_frame(pair.model, "user", [{"user_id": None, **(content or {})}])
-    vectors, _ = pair.model.embed("user", table, cold=True)
-    return normalise_rows(np.asarray(vectors, dtype=np.float32))[0], True
+    content = content or {}
+    unknown = sorted(set(content) - pair.new_users.columns)
+    if unknown:
+        raise BadRequest(f"user: unknown column '{unknown[0]}' (the model reads: {', '.join(sorted(pair.new_users.columns))})")
+    with torch.inference_mode():
+        vector = pair.model.model.embed("user", pair.new_users.encode([content]))  # (1, dim)
+    return normalise_rows(vector.float().numpy())[0], True
 
 
 def coerce_id(value: Any, dtype: pl.DataType) -> Any:

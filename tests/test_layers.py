@@ -26,7 +26,7 @@ FLOORS: list[tuple[str, ...]] = [
     ("term_weights",),  # the served terms' weights, fitted on validation
     ("batches", "checkpoint", "profiles", "validation", "warmstart"),  # parts of the training loop
     ("model",),  # the DropoutNet towers, the model directory
-    ("served",),  # the served score terms
+    ("served", "row_inputs"),  # the served score terms; a request's rows -> inputs
     ("features",),  # tables -> tensors
     ("roles",),  # how each content column is read, and why
     ("config",),

@@ -101,3 +101,15 @@ def test_inspect_counts_train_rows_with_content(run_cli, tmp_path):
     assert code == 0, stderr
     assert json.loads(stdout)["train_rows_with_content"] == {"user": {"rows": 4, "with_content": 3, "share": 0.75},
                                                              "item": {"rows": 4, "with_content": 2, "share": 0.5}}
+
+
+def test_ids_without_a_content_row_warn_above_a_tenth(capsys):
+    from coldrec.features import warn_missing_content
+
+    samples = pl.DataFrame({"user_id": ["a", "b", "c", "zz", "zz", "zz"]})
+    content = pl.DataFrame({"user_id": ["a", "b", "c"]})
+    warn_missing_content(samples, content, "user_id", "prep/train.parquet", "users.parquet")
+    err = capsys.readouterr().err
+    assert "users.parquet: 3 of 6 rows of prep/train.parquet (50%) have a user_id with no row in this table" in err
+    warn_missing_content(samples.head(3), content, "user_id", "prep/train.parquet", "users.parquet")
+    assert capsys.readouterr().err == ""

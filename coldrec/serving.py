@@ -93,51 +93,17 @@ def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path 
     return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoder)
 
 
-def content_frame(model: LoadedModel, side: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    """JSON objects -> a content table with the columns the model was trained on (missing ones
-    null). BadRequest names an unknown column or a value of the wrong type."""
-    entity = model.spec.side(side)
-    dtypes = {entity.id_column: pl.Int64 if entity.id_dtype == "int" else pl.String}
-    for column in entity.columns:
-        dtypes.setdefault(column.name, _dtype(column, entity.roles))
+def embed_rows(pair: Pair, side: str, rows: list[dict[str, Any]]) -> np.ndarray:
+    """(len(rows), dim) normalised content-only embeddings of JSON rows (their id key aside).
+    BadRequest names an unknown column; BadRow a value of the wrong type."""
+    encoder = pair.new_users if side == "user" else RowEncoder(pair.model.spec.item)
     for number, row in enumerate(rows):
-        unknown = sorted(set(row) - set(dtypes))
+        unknown = sorted(set(row) - encoder.columns - {f"{side}_id"})
         if unknown:
-            raise BadRequest(f"{side} {number}: unknown column '{unknown[0]}' (the model reads: {', '.join(sorted(dtypes))})")
-    data = {name: [row.get(name) for row in rows] for name in dtypes}
-    try:
-        return pl.DataFrame({name: pl.Series(name, values, dtype=_json_dtype(dtypes[name]), strict=True) for name, values in data.items()}).with_columns(
-            [pl.col(name).str.to_date() for name, dtype in dtypes.items() if dtype == pl.Date])
-    except (TypeError, ValueError, pl.exceptions.PolarsError) as error:
-        name = next((n for n, values in data.items() if not _fits(values, _json_dtype(dtypes[n]))), "?")
-        raise BadRequest(f"{side}: column '{name}' has a value of the wrong type (expected {_describe(dtypes.get(name))})") from error
-
-
-def _dtype(column: Any, roles: list[dict[str, Any]]) -> pl.DataType:
-    trained = next((r["dtype"] for r in roles if r["column"] == column.name), "")
-    if column.role in ("numeric", "numeric_bucket"):
-        return pl.Date if trained == "Date" else pl.Float64
-    if column.role == "multi_hot":
-        return pl.List(pl.String)
-    if column.role == "vector":
-        return pl.List(pl.Float64)
-    return pl.String
-
-
-def _json_dtype(dtype: pl.DataType) -> pl.DataType:
-    return pl.String if dtype == pl.Date else dtype  # dates arrive as "YYYY-MM-DD"
-
-
-def _fits(values: list[Any], dtype: pl.DataType) -> bool:
-    try:
-        pl.Series(values, dtype=dtype, strict=True)
-        return True
-    except (TypeError, ValueError, pl.exceptions.PolarsError):
-        return False
-
-
-def _describe(dtype: pl.DataType | None) -> str:
-    return {pl.Float64: "a number", pl.String: "a string", pl.Date: "a date YYYY-MM-DD"}.get(dtype, "a list" if isinstance(dtype, pl.List) else "?")
+            raise BadRequest(f"{side} {number}: unknown column '{unknown[0]}' (the model reads: {', '.join(sorted(encoder.columns))})")
+    with torch.inference_mode():
+        vectors = pair.model.model.embed(side, encoder.encode(rows))  # (rows, dim)
+    return normalise_rows(vectors.float().numpy())
 
 
 def recommend(pair: Pair, query: np.ndarray, k: int, exclude: list[Any]) -> list[dict[str, Any]]:
@@ -157,13 +123,9 @@ def user_query(pair: Pair, user_id: Any | None, content: dict[str, Any] | None) 
         if row is None:
             raise UnknownId(f"unknown user_id {user_id!r}: send the user's content attributes as 'user' instead")
         return pair.user_vectors[row], False
-    content = content or {}
-    unknown = sorted(set(content) - pair.new_users.columns)
-    if unknown:
-        raise BadRequest(f"user: unknown column '{unknown[0]}' (the model reads: {', '.join(sorted(pair.new_users.columns))})")
-    with torch.inference_mode():
-        vector = pair.model.model.embed("user", pair.new_users.encode([content]))  # (1, dim)
-    return normalise_rows(vector.float().numpy())[0], True
+    if content and "user_id" in content:
+        raise BadRequest("user: unknown column 'user_id' (a new user has no id yet; a known one is sent as 'user_id')")
+    return embed_rows(pair, "user", [content or {}])[0], True
 
 
 def coerce_id(value: Any, dtype: pl.DataType) -> Any:
@@ -213,13 +175,15 @@ class Served:
         serve the index with them. Returns the number added."""
         with self._reload:
             pair = self.pair
-            table = content_frame(pair.model, "item", rows)
-            if table["item_id"].null_count():
+            if any(row.get("item_id") is None for row in rows):
                 raise BadRequest("items: every item needs an 'item_id'")
-            vectors, _ = pair.model.embed("item", table, cold=True)
+            ids = pl.Series("item_id", [coerce_id(row["item_id"], pair.index.item_ids.dtype) for row in rows], dtype=pair.index.item_ids.dtype, strict=False)
+            if ids.null_count():
+                raise BadRequest(f"items: item_id must be {'an integer' if ids.dtype.is_integer() else 'a string'}, as the index's ids")
+            vectors = embed_rows(pair, "item", rows)
             with tempfile.TemporaryDirectory(prefix=".serve-items-", dir=pair.index_dir.parent) as work:
-                path = write_embeddings(Path(work) / "items.parquet", table["item_id"], np.asarray(vectors), np.ones(len(table), dtype=bool),
-                                        model_fingerprint=pair.fingerprint, first_seen=pl.Series([dt.datetime.now(dt.timezone.utc).date()] * len(table)))
+                path = write_embeddings(Path(work) / "items.parquet", ids, vectors, np.ones(len(rows), dtype=bool),
+                                        model_fingerprint=pair.fingerprint, first_seen=pl.Series([dt.datetime.now(dt.timezone.utc).date()] * len(rows)))
                 add_to_index(path, pair.index_dir)
             self.pair = load_pair(pair.model_dir, pair.index_dir, self.users, self.stats, reuse=pair, exact=self.exact)
-        return len(table)
+        return len(rows)

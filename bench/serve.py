@@ -1,12 +1,12 @@
 """`coldrec serve` latency and throughput: a new user's /recommend from content, under load.
 
-    .venv/bin/python bench/serve.py                     # 10k exact, 10k and 100k Annoy; 1, 8, 32 clients
-    .venv/bin/python bench/serve.py --items 10000,100000,1000000 --seconds 10   # + 1M (a long index build)
+    .venv/bin/python bench/serve.py                     # 10k exact and Annoy, 100k auto (exact); 1, 8, 32 clients
+    .venv/bin/python bench/serve.py --rows 10000:exact,1000000:annoy --workers 2   # 1M: a long index build
 
 A model is trained on a small synthetic world (`coldrec synth` + `prepare` + `train`); for
 each index size, item vectors are drawn at random on the model's sphere (latency does not
-depend on what the items are) and indexed with `coldrec index`. The server runs as `coldrec serve --search exact|annoy` (one
-worker) on localhost; the load generator is this process: C threads,
+depend on what the items are) and indexed with `coldrec index`. The server runs as `coldrec serve --search auto|exact|annoy
+--workers W` on localhost; the load generator is this process: C threads,
 each with a keep-alive connection, posting a new user's attributes in a loop for S seconds.
 Latency is the client's wall time per request (p50 / p99); requests/s the total over S.
 Then, on a 500-item index (so k = 1000 lists every item): an item posted to /items is in the
@@ -68,11 +68,11 @@ def build_run(root: Path, name: str, model: Path, items: int, seed: int) -> Path
 
 
 class Server:
-    def __init__(self, root: Path, users: Path, search: str = "auto") -> None:
+    def __init__(self, root: Path, users: Path, search: str = "auto", workers: int = 1) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        args = ["serve", "--model", root / "current/train", "--index", root / "current/index", "--users", users, "--port", self.port, "--reload-every", "0.5", "--search", search]
+        args = ["serve", "--model", root / "current/train", "--index", root / "current/index", "--users", users, "--port", self.port, "--reload-every", "0.5", "--search", search, "--workers", workers]
         self.process = subprocess.Popen([sys.executable, "-m", "coldrec", *map(str, args)], env=ENV)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -165,23 +165,24 @@ def reload_check(server: Server, root: Path, other: Path, bodies: list[dict]) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--items", default="10000,100000", help="index sizes (Annoy); 10000 is also run exact")
+    parser.add_argument("--rows", default="10000:exact,10000:annoy,100000:auto", help="ITEMS:SEARCH pairs (search: auto, exact, annoy)")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
-    sizes = [int(x) for x in args.items.split(",")]
+    plan = [(int(items), search) for items, search in (row.split(":") for row in args.rows.split(","))]
     clients = [int(x) for x in args.clients.split(",")]
     work = Path(tempfile.mkdtemp(prefix="coldrec-serve-bench-"))
     model, users = train_model(work)
     users_path = work / "logs/users.parquet"
     bodies = user_bodies(users)
     rows = []
-    for items, search in [(10_000, "exact")] + [(n, "annoy") for n in sizes]:
+    for items, search in plan:
         label = f"{items:,} {search}"
         root = work / f"root-{items}"
         if not (root / "current").exists():
             point_current(root, build_run(root, "a", model, items, seed=1))
-        server = Server(root, users_path, search)
+        server = Server(root, users_path, search, args.workers)
         try:
             for c in clients:
                 figures = load(server, bodies, c, args.seconds)
@@ -198,7 +199,7 @@ def main() -> None:
         switch = reload_check(server, root, build_run(root, "b", model, 500, seed=2), bodies)
     finally:
         server.stop()
-    lines = [f"`coldrec serve` on localhost, {time.strftime('%Y-%m-%d')}, one worker, {os.cpu_count()} cores shared with the load generator "
+    lines = [f"`coldrec serve` on localhost, {time.strftime('%Y-%m-%d')}, {args.workers} worker(s), {os.cpu_count()} cores shared with the load generator "
              f"(this process, one thread per client), {args.seconds:.0f} s per row; a new user's /recommend from content, k = 20.", "",
              "| index | clients | p50 ms | p99 ms | requests/s | errors |", "|---|---|---|---|---|---|"]
     lines += [f"| {label} | {c} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['rps']:.0f} | {f['errors']} |" for label, c, f in rows]

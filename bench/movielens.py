@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    data = ensure_movielens(args.movielens)
+    data = ensure_movielens(args.movielens, engineered=True)  # its protocol: the derived columns, no titles
     peer = ensure_peer_python(args.peer_python)
     work = Path(tempfile.mkdtemp(prefix="coldrec-movielens-"))
     try:

@@ -13,6 +13,9 @@ coldrec prepare --exposures "$DATA/exposures" --clicks "$DATA/clicks" --out "$OU
     --holdout-items 0.1 --holdout-users 0.1 --seed 1
 ls "$OUT/prep" >&2
 
+step "inspect: how train will read every content column, and why"
+coldrec inspect --users "$DATA/users.parquet" --items "$DATA/items.parquet" --samples "$OUT/prep"
+
 step "stats: point-in-time preference statistics"
 coldrec stats --samples "$OUT/prep" --users "$DATA/users.parquet" --items "$DATA/items.parquet" --out "$OUT/stats"
 
@@ -62,6 +65,26 @@ coldrec --quiet evaluate --recs "$OUT/recs.parquet" --truth "$OUT/prep/test_cold
     --k 20,100 --out "$OUT/metrics_cold_user.json" >/dev/null
 coldrec --quiet evaluate --recs "$OUT/recs_new.parquet" --truth "$OUT/prep/test_cold_item.parquet" \
     --k 20,100 --out "$OUT/metrics_cold_item.json" >/dev/null
+
+step "serve: a user who signed up a second ago, answered over HTTP (coldrec serve)"
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+coldrec serve --model "$OUT/model" --index "$OUT/index" --users "$DATA/users.parquet" --port "$port" --reload-every 0 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+python - "$port" <<'PY'
+import json, sys, time, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(600):
+    try:
+        urllib.request.urlopen(url + "/healthz")
+        break
+    except OSError:
+        time.sleep(0.1)
+body = {"user": {"age_group": "25-34", "country": "de", "interests": ["likes_music"]}, "k": 5}
+request = urllib.request.Request(url + "/recommend", json.dumps(body).encode(), {"content-type": "application/json"})
+print("POST /recommend", json.dumps(body), "->", [item["item_id"] for item in json.load(urllib.request.urlopen(request))["items"]])
+PY
+kill "$server"
 
 step "summary: one model for warm users, brand-new users and brand-new items"
 python - "$OUT" <<'PY'

@@ -61,6 +61,7 @@ class Pair:
     user_vectors: np.ndarray  # (users, dim)
     item_positions: dict[Any, int]  # item id -> global index position
     new_users: RowEncoder  # a new user's attributes -> the user tower's content-only inputs
+    model_stamp: int  # spec.json's mtime: a model retrained in place is a new model
 
     def version(self) -> dict[str, Any]:
         return {"model": self.fingerprint, "model_dir": str(self.model_dir), "index": self.build_id,
@@ -90,7 +91,15 @@ def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path 
     plan = make_plan(index, k=MAX_K, exact=exact, search_k=None, threads=1, fresh_quota=0.0, fresh_days=1, as_of=None)
     positions = {item: position for position, item in enumerate(index.item_ids.to_list())}
     encoder = reuse.new_users if reuse is not None else RowEncoder(model.spec.user)
-    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoder)
+    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoder,
+                model_stamp(model_dir))
+
+
+def model_stamp(model_dir: Path) -> int:
+    try:
+        return (model_dir / "spec.json").stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def embed_rows(pair: Pair, side: str, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -145,6 +154,7 @@ class Served:
         self.model_dir, self.index_dir, self.users, self.stats, self.exact = Path(model_dir), Path(index_dir), users, stats, exact
         self.pair = load_pair(self.model_dir, self.index_dir, users, stats, exact=exact)
         self._reload = threading.Lock()
+        self._failed: tuple | None = None  # the last pair that failed to load: not retried until it changes
         self.reloads = 0
 
     def refresh(self) -> bool:
@@ -156,13 +166,15 @@ class Served:
             build_id = io.read_manifest(index_dir).get("extra", {}).get("build_id")
         except ColdrecError:
             return False
-        if (model_dir, index_dir, build_id) == (pair.model_dir, pair.index_dir, pair.build_id):
+        key = (model_dir, model_stamp(model_dir), index_dir, build_id)
+        if key == (pair.model_dir, pair.model_stamp, pair.index_dir, pair.build_id) or key == self._failed:
             return False
         with self._reload:
             try:
-                reuse = pair if model_dir == pair.model_dir else None
+                reuse = pair if key[:2] == (pair.model_dir, pair.model_stamp) else None
                 fresh = load_pair(model_dir, index_dir, self.users, self.stats, reuse=reuse, exact=self.exact)
             except ColdrecError as error:
+                self._failed = key
                 log.warning(f"serve: kept model {pair.fingerprint} / index {pair.build_id}: {error}")
                 return False
             self.pair = fresh

@@ -171,3 +171,21 @@ def test_reload_under_load_drops_nothing_and_never_mixes_pairs(server, runs, tin
     assert not errors
     assert set(answers) <= {(before["model"], before["index"]), (after["model"], after["index"])}
     assert (after["model"], after["index"]) in set(answers)
+
+
+def test_a_mismatched_pair_is_refused_once_and_the_old_one_kept(runs, tmp_path, capsys):
+    from coldrec.serving import Served
+
+    model, index = tmp_path / "model", tmp_path / "index"
+    model.symlink_to(runs / "run-a/train")
+    index.symlink_to(runs / "run-a/index")
+    served = Served(model, index)
+    first = served.pair
+    index.unlink()
+    index.symlink_to(runs / "run-b/index")  # the index of another model
+    assert not served.refresh() and not served.refresh()
+    assert served.pair is first
+    assert capsys.readouterr().err.count("serve: kept model") == 1  # said once, not every check
+    model.unlink()
+    model.symlink_to(runs / "run-b/train")
+    assert served.refresh() and served.pair.fingerprint != first.fingerprint

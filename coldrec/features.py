@@ -63,7 +63,7 @@ class ColumnSpec:
     std: float = 1.0
     log1p: bool = False
     boundaries: list[float] = field(default_factory=list)  # numeric_bucket: ascending inner quantiles
-    rare_tokens_oov: bool = False  # text: tokens outside `vocab` (the frequent ones) -> OOV (False: models before 0.2 hash every token)
+    rare_tokens_oov: bool = False  # text: tokens outside `vocab` (the frequent ones) -> OOV (False in older specs: every token hashed)
 
     @property
     def cardinality(self) -> int:

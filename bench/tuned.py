@@ -26,6 +26,8 @@ import optuna
 
 from worlds import World, coldrec, coldrec_defaults, content_tables, dot_scorer, lightfm_payload, lightfm_vectors, rank, run_lightfm
 
+from coldrec.tune import parse_budget  # noqa: E402 (worlds puts the repository on sys.path)
+
 # LightFM's search space: components, epochs, learning rate, regularisation.
 LIGHTFM_SPACE = {
     "components": lambda t: t.suggest_categorical("components", [16, 32, 64, 128]),
@@ -35,12 +37,6 @@ LIGHTFM_SPACE = {
     "item_alpha": lambda t: t.suggest_float("item_alpha", 1e-8, 1e-3, log=True),
 }
 VIEWS = {"warm": ("", ""), "cold_user": ("_c", ""), "cold_item": ("", "_c")}
-
-
-def parse_budget(budget: str) -> float:
-    from coldrec.tune import parse_budget as parse
-
-    return parse(budget)
 
 
 def coldrec_tuned(world: World, seed: int, work: Path, budget: str) -> tuple:

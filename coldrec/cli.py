@@ -477,6 +477,12 @@ def recall(
         ),
     )
 
+class SearchMode(str, Enum):
+    auto = "auto"
+    exact = "exact"
+    annoy = "annoy"
+
+
 @app.command()
 def serve(
     model: Annotated[Path, typer.Option("--model", help="Model directory (e.g. a pipeline's ROOT/current/train: it follows the link).")],
@@ -487,7 +493,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes (each loads the model and index).")] = 1,
     reload_every: Annotated[float, typer.Option("--reload-every", help="Seconds between checks for a moved model/index (0: never).")] = 1.0,
-    search: Annotated[str, typer.Option(help="auto (exact below 1M items, else Annoy), exact or annoy.")] = "auto",
+    search: Annotated[SearchMode, typer.Option(help="auto (exact below 1M items, else Annoy), exact or annoy.")] = SearchMode.auto,
 ) -> None:
     """Serve recommendations over HTTP: known users, brand-new users and new items at once.
 
@@ -503,9 +509,9 @@ def serve(
         from coldrec.serve import run_serve
     except ImportError as error:
         raise UsageError(f"coldrec serve needs FastAPI and uvicorn ({error.name} is missing)", hint="pip install 'coldrec[serve]'") from None
-    if workers < 1 or not 0 < port < 65536 or reload_every < 0 or search not in ("auto", "exact", "annoy"):
-        raise UsageError("--workers must be >= 1, --port in 1..65535, --reload-every >= 0 and --search auto, exact or annoy", hint="e.g. --workers 2 --port 8000")
-    run_serve(model, index, users=users, stats=stats, host=host, port=port, workers=workers, reload_every=reload_every, search=search)
+    if workers < 1 or not 0 < port < 65536 or reload_every < 0:
+        raise UsageError("--workers must be >= 1, --port in 1..65535 and --reload-every >= 0", hint="e.g. --workers 2 --port 8000")
+    run_serve(model, index, users=users, stats=stats, host=host, port=port, workers=workers, reload_every=reload_every, search=search.value)
 
 
 @app.command()

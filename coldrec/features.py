@@ -36,8 +36,8 @@ import torch
 from coldrec import log
 from coldrec.config import FeaturesConfig
 from coldrec.errors import IncompatibleModel, MissingColumn, SchemaError, WrongDtype
-from coldrec.roles import check_role_dtype, decide_roles, tokens_of
-from coldrec.schema import check_id_types_match
+from coldrec.roles import check_role_dtype, decide_roles, qualified, tokens_of
+from coldrec.schema import check_id_types_match, is_date
 
 PAD = 0
 OOV = 1
@@ -161,13 +161,6 @@ def _id_dtype_name(dtype: pl.DataType) -> str:
     return "int" if dtype.is_integer() else "str"
 
 
-def _qualified(config_map: dict[str, str] | list[str], table: str, column: str) -> Any:
-    """Look a column up by 'table.column' first, then by bare name."""
-    if isinstance(config_map, dict):
-        return config_map.get(f"{table}.{column}", config_map.get(column))
-    return f"{table}.{column}" in config_map or column in config_map
-
-
 def _vocab(values: pl.Series, min_count: int) -> list[str]:
     counts = values.drop_nulls().value_counts(name="n")
     counts = counts.filter(pl.col("n") >= min_count).sort(["n", values.name], descending=[True, False])
@@ -195,7 +188,7 @@ def fit_column(table: pl.DataFrame, name: str, role: str, config: FeaturesConfig
         spec.vocab = _vocab(tokens.list.unique().explode().rename(name), config.vocab_min_count)
         spec.rare_tokens_oov = True
     elif role == "numeric":
-        spec.log1p = bool(_qualified(config.log1p_columns, table_name, name))
+        spec.log1p = bool(qualified(config.log1p_columns, table_name, name))
         values = numeric_values(column).drop_nulls().to_numpy()
         values = values[np.isfinite(values)]
         if spec.log1p:
@@ -246,7 +239,7 @@ def _vector_length(column: pl.Series) -> int:
 
 def numeric_values(column: pl.Series) -> pl.Series:
     """Float64 values of a numeric column; a date / datetime as its fractional year."""
-    if column.dtype == pl.Date or isinstance(column.dtype, pl.Datetime):
+    if is_date(column.dtype):
         return (column.dt.year() + (column.dt.ordinal_day() - 1) / 365.25).cast(pl.Float64)
     return column.cast(pl.Float64)
 

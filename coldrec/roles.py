@@ -23,7 +23,7 @@ import polars as pl
 
 from coldrec.config import FeaturesConfig
 from coldrec.errors import WrongDtype
-from coldrec.schema import Role, content_role
+from coldrec.schema import Role, content_role, is_date
 
 NEARLY_UNIQUE = 0.9  # distinct / non-null values at or above which a string column is per-row
 MIN_ROWS = 20  # fewer non-null rows: too few to call a column per-row
@@ -62,12 +62,12 @@ def decide(column: pl.Series, table: str, config: FeaturesConfig, path: str | Pa
     distinct = _distinct(non_null)
     facts = dict(table=table, column=column.name, dtype=str(column.dtype), rows=len(column), distinct=distinct,
                  null_share=1.0 - len(non_null) / len(column) if len(column) else 0.0)
-    override = _override(config.roles, table, column.name)
+    override = qualified(config.roles, table, column.name)
     if override:
         if override != "ignore":
             check_role_dtype(override, column.dtype, table, column.name, path)
         return RoleDecision(role=override, reason="set in [features.roles]", **facts)
-    if column.dtype == pl.Date or isinstance(column.dtype, pl.Datetime):
+    if is_date(column.dtype):
         return RoleDecision(role="numeric", reason="a date: its fractional year", **facts)
     role = content_role(column.dtype)
     if role is None:
@@ -108,13 +108,12 @@ def _string_role(values: pl.Series, config: FeaturesConfig, facts: dict[str, Any
 
 def check_role_dtype(role: str, dtype: pl.DataType, table: str, column: str, path: str | Path) -> None:
     """Raise WrongDtype when a column of `dtype` cannot be read with `role`."""
-    temporal = dtype in (pl.Date,) or isinstance(dtype, pl.Datetime)
     ok = {
         "categorical": dtype == pl.String or dtype.is_integer() or dtype == pl.Boolean or isinstance(dtype, (pl.Categorical, pl.Enum)),
         "text": dtype == pl.String or isinstance(dtype, pl.Categorical),
         "multi_hot": isinstance(dtype, pl.List) and content_role(dtype) is Role.MULTI_HOT,
-        "numeric": dtype.is_numeric() or dtype == pl.Boolean or temporal,
-        "numeric_bucket": dtype.is_numeric() or dtype == pl.Boolean or temporal,
+        "numeric": content_role(dtype) is Role.NUMERIC,
+        "numeric_bucket": content_role(dtype) is Role.NUMERIC,
         "vector": content_role(dtype) is Role.VECTOR,
     }[role]
     if not ok:
@@ -141,5 +140,8 @@ def _coverage(values: pl.Series, min_count: int) -> float | None:
     return float(counts.filter(pl.col("n") >= min_count)["n"].sum()) / len(values)
 
 
-def _override(roles: dict[str, str], table: str, column: str) -> str | None:
-    return roles.get(f"{table}.{column}", roles.get(column))
+def qualified(config_map: dict[str, str] | list[str], table: str, column: str) -> Any:
+    """A column looked up in a config map or list by 'table.column' first, then by bare name."""
+    if isinstance(config_map, dict):
+        return config_map.get(f"{table}.{column}", config_map.get(column))
+    return f"{table}.{column}" in config_map or column in config_map

@@ -50,6 +50,11 @@ def _is_string(dtype: pl.DataType) -> bool:
     return dtype in (pl.String, pl.Categorical) or isinstance(dtype, (pl.Categorical, pl.Enum))
 
 
+def is_date(dtype: pl.DataType) -> bool:
+    """A Date or Datetime content column: read as its fractional year."""
+    return dtype == pl.Date or isinstance(dtype, pl.Datetime)
+
+
 def _is_float_vector(dtype: pl.DataType) -> bool:
     return isinstance(dtype, (pl.Array, pl.List)) and dtype.inner.is_float()
 
@@ -295,7 +300,7 @@ def content_role(dtype: pl.DataType) -> Role | None:
         return Role.CATEGORICAL
     if isinstance(dtype, pl.List) and _is_string(dtype.inner):
         return Role.MULTI_HOT
-    if dtype.is_numeric() or dtype == pl.Boolean or dtype == pl.Date or isinstance(dtype, pl.Datetime):
+    if dtype.is_numeric() or dtype == pl.Boolean or is_date(dtype):
         return Role.NUMERIC  # a date: its fractional year
     if _is_float_vector(dtype):
         return Role.VECTOR

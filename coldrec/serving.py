@@ -60,7 +60,7 @@ class Pair:
     user_rows: dict[Any, int]  # known user id -> row of user_vectors
     user_vectors: np.ndarray  # (users, dim)
     item_positions: dict[Any, int]  # item id -> global index position
-    new_users: RowEncoder  # a new user's attributes -> the user tower's content-only inputs
+    encoders: dict[str, RowEncoder]  # side -> JSON rows to that tower's content-only inputs
     model_stamp: int  # spec.json's mtime: a model retrained in place is a new model
 
     def version(self) -> dict[str, Any]:
@@ -90,8 +90,8 @@ def load_pair(model_dir: Path, index_dir: Path, users: Path | None, stats: Path 
         user_vectors = known.vectors
     plan = make_plan(index, k=MAX_K, exact=exact, search_k=None, threads=1, fresh_quota=0.0, fresh_days=1, as_of=None)
     positions = {item: position for position, item in enumerate(index.item_ids.to_list())}
-    encoder = reuse.new_users if reuse is not None else RowEncoder(model.spec.user)
-    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoder,
+    encoders = reuse.encoders if reuse is not None else {side: RowEncoder(model.spec.side(side)) for side in ("user", "item")}
+    return Pair(model, index, plan, fingerprint, model_dir, index_dir, index.manifest["extra"]["build_id"], user_rows, user_vectors, positions, encoders,
                 model_stamp(model_dir))
 
 
@@ -105,7 +105,7 @@ def model_stamp(model_dir: Path) -> int:
 def embed_rows(pair: Pair, side: str, rows: list[dict[str, Any]]) -> np.ndarray:
     """(len(rows), dim) normalised content-only embeddings of JSON rows (their id key aside).
     BadRequest names an unknown column; BadRow a value of the wrong type."""
-    encoder = pair.new_users if side == "user" else RowEncoder(pair.model.spec.item)
+    encoder = pair.encoders[side]
     for number, row in enumerate(rows):
         unknown = sorted(set(row) - encoder.columns - {f"{side}_id"})
         if unknown:

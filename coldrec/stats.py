@@ -26,7 +26,7 @@ import datetime as dt
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -583,8 +583,6 @@ def write_stats(
     `rows_per_partition` daily rows, appended to the output files partition by partition.
     Rows are sorted by (id, day) within each partition.
     """
-    import pyarrow.parquet as pq
-
     with log.progress("stats", total=5) as bar:  # first meetings; per side: daily counts, windows
         facts = prior_facts(history)
         log.debug("stats: prior computed")
@@ -609,25 +607,33 @@ def write_stats(
             count = max(1, math.ceil(daily_rows / rows_per_partition))
             partitions[side.id_column] = count
             log.debug(f"stats: {daily_rows:,} {side.id_column} daily rows in {count} partition(s)")
-            writers: dict[str, Any] = {}
-            row_counts[stats_name] = row_counts[latest_name] = 0
-            try:
-                parts = iter_side_stats(
-                    pl.scan_parquet(daily_path), side, windows, specs, facts, prior_strength, count
-                )
-                for stats, latest in parts:
-                    for name, frame in ((stats_name, stats), (latest_name, latest)):
-                        table = frame.to_arrow()
-                        if name not in writers:
-                            writers[name] = pq.ParquetWriter(directory / name, table.schema, compression="zstd")
-                        writers[name].write_table(table)
-                        row_counts[name] += frame.height
-                    bar.advance(1 / count, status=f"{side.id_column} windows")
-            finally:
-                for writer in writers.values():
-                    writer.close()
+            parts = iter_side_stats(pl.scan_parquet(daily_path), side, windows, specs, facts, prior_strength, count)
+            _append_partitions(parts, directory, (stats_name, latest_name), row_counts,
+                               lambda: bar.advance(1 / count, status=f"{side.id_column} windows"))
     shutil.rmtree(scratch)
     return WrittenStats(row_counts, partitions, facts.first_day, facts.as_of, facts.ctr_prior)
+
+
+def _append_partitions(parts: Iterable[tuple[pl.DataFrame, pl.DataFrame]], directory: Path, names: tuple[str, str],
+                       row_counts: dict[str, int], done: Callable[[], None]) -> None:
+    """Append each partition's (stats, latest) frames to the two files `names` (one Parquet
+    writer each), counting their rows; `done()` after every partition."""
+    import pyarrow.parquet as pq
+
+    writers: dict[str, Any] = {}
+    row_counts.update(dict.fromkeys(names, 0))
+    try:
+        for frames in parts:
+            for name, frame in zip(names, frames):
+                table = frame.to_arrow()
+                if name not in writers:
+                    writers[name] = pq.ParquetWriter(directory / name, table.schema, compression="zstd")
+                writers[name].write_table(table)
+                row_counts[name] += frame.height
+            done()
+    finally:
+        for writer in writers.values():
+            writer.close()
 
 
 # --------------------------------------------------------------------------- inputs
